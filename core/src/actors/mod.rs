@@ -1,0 +1,2 @@
+//! The daemon's actors. Each is a thin actix shell around a plain state struct whose logic is
+//! unit-tested without a runtime; they talk only by messages.

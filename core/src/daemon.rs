@@ -1,0 +1,1 @@
+//! `kproxy run`: starts the actors and the chosen dataplane and keeps them running.

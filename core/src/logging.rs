@@ -1,0 +1,1 @@
+//! Installs the daemon's `tracing` subscriber (text or JSON), once, at start-up.

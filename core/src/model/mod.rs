@@ -1,0 +1,1 @@
+//! The validated internal form of the API objects kproxy consumes (Service, EndpointSlice, Node).

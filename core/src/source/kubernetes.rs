@@ -1,0 +1,1 @@
+//! Watches Services, EndpointSlices and this node through the Kubernetes API (kube-rs).

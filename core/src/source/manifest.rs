@@ -1,0 +1,1 @@
+//! Reads Services, EndpointSlices and optionally the Node from a folder of YAML manifests.

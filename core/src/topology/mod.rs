@@ -1,0 +1,1 @@
+//! Resolves services and endpoints for this node as upstream kube-proxy does.

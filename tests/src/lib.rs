@@ -1,0 +1,1 @@
+//! kproxy test support: the lab, the test API server and fixtures.
