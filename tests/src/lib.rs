@@ -1,1 +1,12 @@
-//! kproxy test support: the lab, the test API server and fixtures.
+//! kproxy's test support: everything the end-to-end suites and benchmarks share.
+//!
+//! - [`artifacts`]: finds the built `kproxy` binary and plugin `.so` files and installs them into
+//!   a plugin folder the host will accept.
+//! - [`apiserver`]: the test API server — a test double of the Kubernetes API that speaks the
+//!   real HTTP list/watch protocol, so kube-rs is exercised unchanged.
+//! - [`lab`]: network namespaces that stand in for nodes, pods and clients, with tiny servers
+//!   that answer with their own name, so tests send real packets through a real kernel.
+
+pub mod apiserver;
+pub mod artifacts;
+pub mod lab;

@@ -1,0 +1,1 @@
+//! The test API server: a test double of the Kubernetes API server speaking real list/watch HTTP.

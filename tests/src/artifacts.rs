@@ -1,0 +1,1 @@
+//! Finds built artifacts (the `kproxy` binary, plugin `.so` files) for tests.
