@@ -18,6 +18,7 @@ pub mod actors;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod host;
 pub mod logging;
 pub mod model;
 pub mod plugin_host;
