@@ -2,7 +2,10 @@
 //! YAML manifests ([`manifest`]). Both yield the same [`SourceEvent`] stream, so everything
 //! downstream is indifferent to which one runs.
 
+use std::path::PathBuf;
+
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub mod kubernetes;
 pub mod manifest;
@@ -29,6 +32,9 @@ pub enum ResourceEvent<K> {
 }
 
 /// One change from a source.
+// Allowed: a Node is much larger than a Service, but events are moved a few times per change,
+// not stored in bulk, so boxing would only add an allocation and noise for every consumer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceEvent {
     /// A Service changed.
@@ -37,4 +43,45 @@ pub enum SourceEvent {
     Slice(ResourceEvent<EndpointSlice>),
     /// This node's Node object changed (only this node's).
     Node(ResourceEvent<Node>),
+}
+
+/// Returns true when an object's labels exclude it from [`PROXY_LABEL_SELECTOR`], i.e. it carries
+/// [`LABEL_SERVICE_PROXY_NAME`] or [`LABEL_HEADLESS`]. The manifest source has no API server to
+/// apply the selector for it, and the Kubernetes source re-checks as a second line of defence.
+pub fn excluded_by_proxy_selector(meta: &ObjectMeta) -> bool {
+    meta.labels.as_ref().is_some_and(|labels| {
+        labels.contains_key(LABEL_SERVICE_PROXY_NAME) || labels.contains_key(LABEL_HEADLESS)
+    })
+}
+
+/// Why a source could not be set up. Once running, a source never fails: it logs, retries and
+/// keeps its last known state, so these errors only come from start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The kubeconfig file named in the config could not be read or used.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file that was named.
+        path: PathBuf,
+        /// What was wrong with it.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No kubeconfig was named and neither `KUBECONFIG`/`~/.kube/config` nor the in-cluster
+    /// service account gave a usable configuration.
+    #[error(
+        "no Kubernetes client configuration found (KUBECONFIG, ~/.kube/config, in-cluster): {0}"
+    )]
+    Infer(#[source] kube::config::InferConfigError),
+    /// The configuration was read but a client could not be built from it (e.g. a bad CA).
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// The manifest folder is missing or is not a readable folder.
+    #[error("manifest folder {path}: {reason}")]
+    ManifestDir {
+        /// The folder that was named.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
