@@ -1,0 +1,353 @@
+//! Turns rendered objects into one `nft -f` script per sync, and remembers what was written so
+//! the next incremental sync touches only what changed.
+//!
+//! A full sync re-creates each family's table from scratch in one transaction (so a hand-edited
+//! table is put right) and carries ClientIP affinity entries across from a snapshot. An
+//! incremental sync re-renders only the changed service ports and writes the difference against
+//! [`FamilyProgram`]; it ends with exactly what a full sync of the same state would write.
+
+use crate::{
+    render::{self, affinity_set_body, Container, Element, FamilyCtx, PortObjects},
+    script::Script,
+};
+use kproxy_plugin_api::{IpFamily, ProxyState, ServicePortKey};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Which service port claims each element. Shared elements (the cluster IP of a service with two
+/// ports, its health-check port) stay until the last claimant goes; conflicting claims (two
+/// services listing the same external IP and port) resolve to the smallest service port key, in
+/// full and incremental syncs alike, instead of failing the whole transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ElementIndex {
+    claims: BTreeMap<(Container, String), BTreeMap<ServicePortKey, Option<String>>>,
+}
+
+impl ElementIndex {
+    /// The element as it is in the kernel: `None` when absent, else its value.
+    pub fn effective(&self, container: Container, key: &str) -> Option<&Option<String>> {
+        self.claims
+            .get(&(container, key.to_string()))
+            .and_then(|owners| owners.values().next())
+    }
+
+    fn claim(&mut self, owner: &ServicePortKey, e: &Element) {
+        self.claims
+            .entry((e.container, e.key.clone()))
+            .or_default()
+            .insert(owner.clone(), e.value.clone());
+    }
+
+    fn release(&mut self, owner: &ServicePortKey, e: &Element) {
+        let slot = (e.container, e.key.clone());
+        if let Some(owners) = self.claims.get_mut(&slot) {
+            owners.remove(owner);
+            if owners.is_empty() {
+                self.claims.remove(&slot);
+            }
+        }
+    }
+
+    /// Every element as it is in the kernel, sorted by container and key.
+    pub fn elements(&self) -> impl Iterator<Item = (Container, &str, &Option<String>)> {
+        self.claims
+            .iter()
+            .filter_map(|((c, k), owners)| owners.values().next().map(|v| (*c, k.as_str(), v)))
+    }
+
+    /// The number of distinct elements.
+    pub fn len(&self) -> usize {
+        self.claims.len()
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+}
+
+/// What one family's table holds after the last successful sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FamilyProgram {
+    /// The objects of every programmed service port.
+    pub ports: BTreeMap<ServicePortKey, PortObjects>,
+    /// Every map and set element, with its owners.
+    pub index: ElementIndex,
+}
+
+/// ClientIP affinity entries read from the kernel before a full sync, so re-creating the table
+/// does not make clients lose their endpoint: set name → (set timeout, entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AffinitySnapshot {
+    /// `(family, set name)` → the set's timeout in seconds and its entries.
+    pub sets: HashMap<(IpFamily, String), (u32, Vec<AffinityEntry>)>,
+}
+
+/// One remembered client of an affinity set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffinityEntry {
+    /// The client address as nft prints it.
+    pub client: String,
+    /// Seconds until it expires.
+    pub expires: u64,
+}
+
+/// A full sync's script and the memory of what it writes.
+#[derive(Debug)]
+pub struct FullPlan {
+    /// The `nft -f` script.
+    pub script: String,
+    /// One program per enabled family, in the order of the contexts given.
+    pub programs: Vec<FamilyProgram>,
+    /// Chains, rules, sets and elements written.
+    pub objects: u64,
+}
+
+/// Plans a full sync: every enabled family's table re-created, every disabled family's table
+/// removed, in one script (one transaction).
+pub fn plan_full(
+    enabled: &[FamilyCtx<'_>],
+    disabled: &[(IpFamily, &str)],
+    state: &ProxyState,
+    snapshot: &AffinitySnapshot,
+) -> FullPlan {
+    let mut script = String::with_capacity(256 + state.services.len() * 512);
+    let mut programs = Vec::new();
+    let mut objects = 0;
+    for &(family, table) in disabled {
+        let ip = if family == IpFamily::V4 { "ip" } else { "ip6" };
+        script.push_str(&format!(
+            "add table {ip} {table}\ndelete table {ip} {table}\n"
+        ));
+    }
+    for ctx in enabled {
+        let mut s = Script::new(&mut script, ctx.ip(), ctx.table);
+        render::render_globals(ctx, &mut s);
+        let mut program = FamilyProgram::default();
+        for sp in state.services.iter() {
+            let Some(objs) = render::render_port(ctx, sp) else {
+                continue;
+            };
+            for set in &objs.sets {
+                s.add_container("set", &set.name, &affinity_set_body(ctx, set.timeout));
+                if let Some((timeout, entries)) = snapshot.sets.get(&(ctx.family, set.name.clone()))
+                {
+                    // A changed timeout means the user changed affinity: start afresh.
+                    if *timeout == set.timeout {
+                        s.add_elements(
+                            &set.name,
+                            entries.iter().filter(|e| e.expires > 0).map(|e| {
+                                format!(
+                                    "{} timeout {}s expires {}s",
+                                    e.client, set.timeout, e.expires
+                                )
+                            }),
+                        );
+                    }
+                }
+            }
+            for chain in &objs.chains {
+                s.add_chain(&chain.name);
+            }
+            for chain in &objs.chains {
+                for rule in &chain.rules {
+                    s.add_rule(&chain.name, rule);
+                }
+            }
+            for e in &objs.elements {
+                program.index.claim(&sp.key, e);
+            }
+            program.ports.insert(sp.key.clone(), objs);
+        }
+        for container in Container::ALL {
+            s.add_elements(
+                container.name(),
+                program
+                    .index
+                    .elements()
+                    .filter(|(c, _, _)| *c == container)
+                    .map(|(_, k, v)| element_text(k, v)),
+            );
+        }
+        objects += s.objects;
+        programs.push(program);
+    }
+    FullPlan {
+        script,
+        programs,
+        objects,
+    }
+}
+
+fn element_text(key: &str, value: &Option<String>) -> String {
+    match value {
+        Some(v) => format!("{key} : {v}"),
+        None => key.to_string(),
+    }
+}
+
+/// Plans an incremental sync of one family: re-renders the `changed` service ports (absent from
+/// `state` means removed) and appends to `script` only the difference against `program`, which
+/// is updated to match. Returns the number of objects written. If applying the script fails,
+/// `program` no longer matches the kernel: the caller must fall back to a full sync.
+pub fn plan_incremental(
+    ctx: &FamilyCtx<'_>,
+    state: &ProxyState,
+    changed: &[ServicePortKey],
+    program: &mut FamilyProgram,
+    script: &mut String,
+) -> u64 {
+    struct Update {
+        key: ServicePortKey,
+        old: Option<PortObjects>,
+        new: Option<PortObjects>,
+    }
+    let updates: Vec<Update> = changed
+        .iter()
+        .map(|key| Update {
+            key: key.clone(),
+            old: program.ports.get(key).cloned(),
+            new: state.find(key).and_then(|sp| render::render_port(ctx, sp)),
+        })
+        .filter(|u| u.old != u.new)
+        .collect();
+    if updates.is_empty() {
+        return 0;
+    }
+
+    // Elements: re-claim, then compare what the kernel has before and after.
+    let mut touched = BTreeSet::new();
+    for u in &updates {
+        for e in u.old.iter().chain(u.new.iter()).flat_map(|o| &o.elements) {
+            touched.insert((e.container, e.key.clone()));
+        }
+    }
+    let before: Vec<Option<Option<String>>> = touched
+        .iter()
+        .map(|(c, k)| program.index.effective(*c, k).cloned())
+        .collect();
+    for u in &updates {
+        for e in u.old.iter().flat_map(|o| &o.elements) {
+            program.index.release(&u.key, e);
+        }
+        for e in u.new.iter().flat_map(|o| &o.elements) {
+            program.index.claim(&u.key, e);
+        }
+    }
+    let mut delete_elements: BTreeMap<Container, Vec<String>> = BTreeMap::new();
+    let mut add_elements: BTreeMap<Container, Vec<String>> = BTreeMap::new();
+    for ((c, k), before) in touched.iter().zip(before) {
+        let after = program.index.effective(*c, k);
+        if before.as_ref() == after {
+            continue;
+        }
+        if before.is_some() {
+            delete_elements.entry(*c).or_default().push(k.clone());
+        }
+        if let Some(v) = after {
+            add_elements.entry(*c).or_default().push(element_text(k, v));
+        }
+    }
+
+    // Chains and affinity sets.
+    let mut flush = Vec::new();
+    let mut delete_chains = Vec::new();
+    let mut delete_sets = Vec::new();
+    let mut add_sets = Vec::new();
+    let mut add_chains = Vec::new();
+    let mut rules: Vec<(String, Vec<String>)> = Vec::new();
+    let empty = PortObjects::default();
+    for u in &updates {
+        let old = u.old.as_ref().unwrap_or(&empty);
+        let new = u.new.as_ref().unwrap_or(&empty);
+        let old_sets: HashMap<&str, u32> = old
+            .sets
+            .iter()
+            .map(|s| (s.name.as_str(), s.timeout))
+            .collect();
+        let new_sets: HashMap<&str, u32> = new
+            .sets
+            .iter()
+            .map(|s| (s.name.as_str(), s.timeout))
+            .collect();
+        // A set whose timeout changes is re-created, so every rule using it must go first.
+        let sets_recreated = new.sets.iter().any(|s| {
+            old_sets
+                .get(s.name.as_str())
+                .is_some_and(|t| *t != s.timeout)
+        });
+        let old_chains: HashMap<&str, &Vec<String>> = old
+            .chains
+            .iter()
+            .map(|c| (c.name.as_str(), &c.rules))
+            .collect();
+        let new_names: BTreeSet<&str> = new.chains.iter().map(|c| c.name.as_str()).collect();
+        for chain in &new.chains {
+            match old_chains.get(chain.name.as_str()) {
+                None => {
+                    add_chains.push(chain.name.clone());
+                    rules.push((chain.name.clone(), chain.rules.clone()));
+                }
+                Some(old_rules) if **old_rules != chain.rules || sets_recreated => {
+                    flush.push(chain.name.clone());
+                    rules.push((chain.name.clone(), chain.rules.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        for chain in &old.chains {
+            if !new_names.contains(chain.name.as_str()) {
+                flush.push(chain.name.clone());
+                delete_chains.push(chain.name.clone());
+            }
+        }
+        for set in &old.sets {
+            if new_sets.get(set.name.as_str()) != Some(&set.timeout) {
+                delete_sets.push(set.name.clone());
+            }
+        }
+        for set in &new.sets {
+            if old_sets.get(set.name.as_str()) != Some(&set.timeout) {
+                add_sets.push((set.name.clone(), set.timeout));
+            }
+        }
+        match &u.new {
+            Some(objs) => {
+                program.ports.insert(u.key.clone(), objs.clone());
+            }
+            None => {
+                program.ports.remove(&u.key);
+            }
+        }
+    }
+
+    // Order matters inside the transaction: nothing may be deleted while still referenced, and
+    // nothing may be referenced before it exists.
+    let mut s = Script::new(script, ctx.ip(), ctx.table);
+    for (c, keys) in &delete_elements {
+        s.delete_elements(c.name(), keys);
+    }
+    for name in &flush {
+        s.flush_chain(name);
+    }
+    for name in &delete_chains {
+        s.delete_chain(name);
+    }
+    for name in &delete_sets {
+        s.delete_set(name);
+    }
+    for (name, timeout) in &add_sets {
+        s.add_container("set", name, &affinity_set_body(ctx, *timeout));
+    }
+    for name in &add_chains {
+        s.add_chain(name);
+    }
+    for (chain, chain_rules) in &rules {
+        for rule in chain_rules {
+            s.add_rule(chain, rule);
+        }
+    }
+    for (c, elements) in &add_elements {
+        s.add_elements(c.name(), elements);
+    }
+    s.objects
+}

@@ -1,0 +1,477 @@
+//! Unit tests of the renderer and the planner: what a service port becomes, and that an
+//! incremental sync ends where a full sync of the same state does.
+
+use crate::{
+    plan::{self, AffinitySnapshot, FamilyProgram},
+    render::{render_port, Container, FamilyCtx, PortObjects},
+    sample::{self, PortBuilder},
+};
+use kproxy_plugin_api::{
+    IpFamily, IpMode, LocalDetectMode, NodeFacts, Protocol, ProxySettings, ProxyState, ServicePort,
+    ServicePortKey,
+};
+
+fn ctx<'a>(family: IpFamily, settings: &'a ProxySettings, node: &'a NodeFacts) -> FamilyCtx<'a> {
+    FamilyCtx {
+        family,
+        table: "kproxy",
+        settings,
+        node,
+    }
+}
+
+fn render4(sp: &ServicePort) -> PortObjects {
+    let settings = sample::settings();
+    let node = sample::node();
+    render_port(&ctx(IpFamily::V4, &settings, &node), sp).expect("has an IPv4 cluster IP")
+}
+
+fn element<'a>(objs: &'a PortObjects, c: Container, key: &str) -> Option<&'a Option<String>> {
+    objs.elements
+        .iter()
+        .find(|e| e.container == c && e.key == key)
+        .map(|e| &e.value)
+}
+
+fn chain<'a>(objs: &'a PortObjects, prefix: &str) -> &'a [String] {
+    &objs
+        .chains
+        .iter()
+        .find(|c| c.name.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no chain {prefix}… in {objs:#?}"))
+        .rules
+}
+
+fn web() -> PortBuilder {
+    PortBuilder::new("default", "web", "http", Protocol::Tcp, "10.96.0.10", 80)
+}
+
+#[test]
+fn cluster_ip_spreads_over_endpoints_and_masquerades_off_cluster_traffic() {
+    let objs = render4(
+        &web()
+            .endpoint("10.244.1.5", 8080, true)
+            .endpoint("10.244.2.6", 8080, false)
+            .build(),
+    );
+    assert_eq!(
+        element(&objs, Container::ClusterIps, "10.96.0.10"),
+        Some(&None)
+    );
+    let verdict = element(&objs, Container::ServiceIps, "10.96.0.10 . tcp . 80")
+        .unwrap()
+        .as_deref()
+        .unwrap();
+    assert!(verdict.starts_with("goto service-"), "{verdict}");
+    assert!(verdict.ends_with("-default/web/tcp/http"), "{verdict}");
+    let rules = chain(&objs, "service-");
+    assert_eq!(
+        rules[0],
+        "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
+    );
+    assert!(
+        rules[1].starts_with("numgen random mod 2 vmap { 0 : goto endpoint-"),
+        "{}",
+        rules[1]
+    );
+    assert!(
+        rules[1].contains("__10.244.1.5/8080, 1 : goto endpoint-"),
+        "{}",
+        rules[1]
+    );
+    let ep = chain(&objs, "endpoint-");
+    assert_eq!(
+        ep,
+        [
+            "ip saddr 10.244.1.5 jump mark-for-masquerade",
+            "meta l4proto tcp dnat to 10.244.1.5:8080"
+        ]
+    );
+    // Nothing is rejected or dropped for a service with endpoints.
+    assert!(!objs
+        .elements
+        .iter()
+        .any(|e| e.container == Container::NoEndpointServices));
+}
+
+#[test]
+fn masquerade_all_marks_every_cluster_ip_connection() {
+    let mut settings = sample::settings();
+    settings.masquerade_all = true;
+    let node = sample::node();
+    let objs = render_port(
+        &ctx(IpFamily::V4, &settings, &node),
+        &web().endpoint("10.244.1.5", 8080, true).build(),
+    )
+    .unwrap();
+    assert_eq!(
+        chain(&objs, "service-")[0],
+        "ip daddr 10.96.0.10 tcp dport 80 jump mark-for-masquerade"
+    );
+}
+
+#[test]
+fn local_detection_modes_become_matches() {
+    let node = sample::node();
+    let sp = web().endpoint("10.244.1.5", 8080, true).build();
+    let mut settings = sample::settings();
+    settings.local_detect.mode = LocalDetectMode::InterfaceNamePrefix;
+    settings.local_detect.interface = "veth".into();
+    let objs = render_port(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
+    assert!(chain(&objs, "service-")[0].contains("iifname != \"veth*\" jump"));
+    settings.local_detect.mode = LocalDetectMode::NodeCidr;
+    let objs = render_port(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
+    assert!(chain(&objs, "service-")[0].contains("ip saddr != 10.244.1.0/24 jump"));
+    settings.local_detect.mode = LocalDetectMode::None;
+    let objs = render_port(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
+    assert!(
+        chain(&objs, "service-")[0].starts_with("numgen"),
+        "no masquerade rule"
+    );
+}
+
+#[test]
+fn no_endpoints_rejects_and_local_policy_without_local_endpoints_drops() {
+    let objs = render4(&web().node_port(30080).external_ip("203.0.113.7").build());
+    assert!(objs.chains.is_empty());
+    for key in ["10.96.0.10 . tcp . 80", "203.0.113.7 . tcp . 80"] {
+        assert_eq!(
+            element(&objs, Container::NoEndpointServices, key),
+            Some(&Some("goto reject-chain".into()))
+        );
+    }
+    assert_eq!(
+        element(&objs, Container::NoEndpointNodePorts, "tcp . 30080"),
+        Some(&Some("goto reject-chain".into()))
+    );
+
+    let objs = render4(
+        &web()
+            .internal_local()
+            .endpoint("10.244.2.6", 80, false)
+            .build(),
+    );
+    assert_eq!(
+        element(
+            &objs,
+            Container::NoEndpointServices,
+            "10.96.0.10 . tcp . 80"
+        ),
+        Some(&Some("drop".into()))
+    );
+    assert!(element(&objs, Container::ServiceIps, "10.96.0.10 . tcp . 80").is_none());
+}
+
+#[test]
+fn external_policy_local_keeps_sources_and_short_circuits_pods_and_the_node() {
+    let objs = render4(
+        &web()
+            .node_port(30080)
+            .external_local(32000)
+            .endpoint("10.244.1.5", 8080, true)
+            .endpoint("10.244.2.6", 8080, false)
+            .build(),
+    );
+    let np = element(&objs, Container::ServiceNodePorts, "tcp . 30080")
+        .unwrap()
+        .as_deref()
+        .unwrap();
+    assert!(np.starts_with("goto external-"), "{np}");
+    assert_eq!(
+        element(&objs, Container::HealthCheckNodePorts, "32000"),
+        Some(&None)
+    );
+    let ext = chain(&objs, "external-");
+    assert_eq!(ext.len(), 4, "{ext:#?}");
+    assert!(
+        ext[0].starts_with("ip saddr 10.244.0.0/16 goto service-"),
+        "{}",
+        ext[0]
+    );
+    assert!(ext[1].starts_with("fib saddr type local jump mark-for-masquerade"));
+    assert!(ext[2].starts_with("fib saddr type local goto service-"));
+    assert!(ext[3].starts_with("goto local-"), "{}", ext[3]);
+    // The local chain only has the local endpoint; the cluster chain has both.
+    assert!(chain(&objs, "local-")[0].starts_with("numgen random mod 1 "));
+    assert!(chain(&objs, "service-")
+        .iter()
+        .any(|r| r.starts_with("numgen random mod 2 ")));
+
+    // No local endpoint: external traffic is dropped unless short-circuited.
+    let objs = render4(
+        &web()
+            .node_port(30080)
+            .external_local(32000)
+            .endpoint("10.244.2.6", 8080, false)
+            .build(),
+    );
+    assert_eq!(
+        element(&objs, Container::NoEndpointNodePorts, "tcp . 30080"),
+        Some(&Some("drop".into()))
+    );
+    assert!(element(&objs, Container::ServiceNodePorts, "tcp . 30080").is_some());
+    assert!(!chain(&objs, "external-")
+        .iter()
+        .any(|r| r.starts_with("goto local-")));
+}
+
+#[test]
+fn external_policy_cluster_masquerades_external_traffic() {
+    let objs = render4(
+        &web()
+            .lb_ip("198.51.100.1", IpMode::Vip)
+            .lb_ip("198.51.100.2", IpMode::Proxy)
+            .endpoint("10.244.1.5", 8080, true)
+            .build(),
+    );
+    let ext = chain(&objs, "external-");
+    assert_eq!(ext[0], "jump mark-for-masquerade");
+    assert!(ext[1].starts_with("goto service-"));
+    assert!(element(&objs, Container::ServiceIps, "198.51.100.1 . tcp . 80").is_some());
+    assert!(
+        element(&objs, Container::ServiceIps, "198.51.100.2 . tcp . 80").is_none(),
+        "ipMode Proxy is left alone"
+    );
+}
+
+#[test]
+fn source_ranges_guard_lb_ips_only() {
+    let objs = render4(
+        &web()
+            .lb_ip("198.51.100.1", IpMode::Vip)
+            .external_ip("203.0.113.7")
+            .source_range("203.0.113.0/24")
+            .source_range("192.168.0.0/24")
+            .endpoint("10.244.1.5", 8080, true)
+            .build(),
+    );
+    let fw = element(&objs, Container::FirewallIps, "198.51.100.1 . tcp . 80")
+        .unwrap()
+        .as_deref()
+        .unwrap();
+    assert!(fw.starts_with("goto firewall-"));
+    assert!(element(&objs, Container::FirewallIps, "203.0.113.7 . tcp . 80").is_none());
+    // The node (192.168.0.2) is inside a range, so the VIP itself is allowed as a source.
+    assert_eq!(
+        chain(&objs, "firewall-"),
+        ["ip saddr != { 203.0.113.0/24, 192.168.0.0/24, 198.51.100.1 } drop"]
+    );
+}
+
+#[test]
+fn affinity_remembers_clients_per_endpoint() {
+    let objs = render4(
+        &web()
+            .affinity(600)
+            .endpoint("10.244.1.5", 8080, true)
+            .endpoint("10.244.2.6", 8080, false)
+            .build(),
+    );
+    assert_eq!(objs.sets.len(), 2);
+    assert!(objs
+        .sets
+        .iter()
+        .all(|s| s.timeout == 600 && s.name.starts_with("affinity-")));
+    let svc = chain(&objs, "service-");
+    assert!(svc[1].starts_with("ip saddr @affinity-") && svc[1].contains(" goto endpoint-"));
+    assert!(svc[3].starts_with("numgen"));
+    let ep = chain(&objs, "endpoint-");
+    assert!(ep[1].starts_with("update @affinity-") && ep[1].ends_with("{ ip saddr }"));
+    // Timeout 0 means upstream's default.
+    let objs = render4(&web().affinity(0).endpoint("10.244.1.5", 8080, true).build());
+    assert_eq!(objs.sets[0].timeout, 10800);
+}
+
+#[test]
+fn ipv6_uses_ip6_matches_and_bracketed_dnat() {
+    let settings = sample::settings();
+    let node = sample::node();
+    let sp = PortBuilder::new(
+        "default",
+        "dns",
+        "",
+        Protocol::Udp,
+        "10.96.0.53,fd00:96::53",
+        53,
+    )
+    .endpoint("10.244.1.5", 5353, true)
+    .endpoint("fd00:244:0:1::5", 5353, true)
+    .build();
+    let v6 = render_port(&ctx(IpFamily::V6, &settings, &node), &sp).unwrap();
+    assert!(element(&v6, Container::ServiceIps, "fd00:96::53 . udp . 53").is_some());
+    let ep = chain(&v6, "endpoint-");
+    assert_eq!(ep[1], "meta l4proto udp dnat to [fd00:244:0:1::5]:5353");
+    assert_eq!(v6.chains.len(), 2, "only the IPv6 endpoint: {v6:#?}");
+    assert!(chain(&v6, "service-")[0].contains("ip6 saddr != fd00:244::/56"));
+    // A single-stack IPv4 service is not in the IPv6 table.
+    assert!(render_port(&ctx(IpFamily::V6, &settings, &node), &web().build()).is_none());
+}
+
+#[test]
+fn full_plan_is_deterministic_and_has_every_piece() {
+    let settings = sample::settings();
+    let node = sample::node();
+    let state = sample::many_services(50, 3);
+    let ctxs = [ctx(IpFamily::V4, &settings, &node)];
+    let a = plan::plan_full(
+        &ctxs,
+        &[(IpFamily::V6, "kproxy")],
+        &state,
+        &AffinitySnapshot::default(),
+    );
+    let b = plan::plan_full(
+        &ctxs,
+        &[(IpFamily::V6, "kproxy")],
+        &state,
+        &AffinitySnapshot::default(),
+    );
+    assert_eq!(a.script, b.script);
+    let s = &a.script;
+    assert!(s.starts_with("add table ip6 kproxy\ndelete table ip6 kproxy\n"));
+    assert!(s.contains("add table ip kproxy\ndelete table ip kproxy\n"));
+    assert!(
+        s.contains("add chain ip kproxy nat-prerouting { type nat hook prerouting priority -100 ;")
+    );
+    assert!(s.contains(
+        "add rule ip kproxy services ip daddr . meta l4proto . th dport vmap @service-ips"
+    ));
+    assert!(s.contains("add rule ip kproxy masquerading masquerade fully-random"));
+    assert!(s.contains("add rule ip kproxy mark-for-masquerade mark set mark or 0x00004000"));
+    assert!(s.contains("ip daddr { 10.96.0.0/16 } drop"));
+    assert_eq!(s.matches(" : goto service-").count(), 50);
+    assert_eq!(a.programs[0].ports.len(), 50);
+    for line in s.lines() {
+        for word in line.split_whitespace() {
+            assert!(word.len() < crate::names::NAME_MAX, "{word}");
+        }
+    }
+}
+
+/// Applies `changed` incrementally to a program made by a full plan of `from`, and checks the
+/// result against a full plan of `to`.
+fn assert_incremental_equals_full(from: &ProxyState, to: &ProxyState, changed: &[ServicePortKey]) {
+    let settings = sample::settings();
+    let node = sample::node();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let ctxs = [ctx(family, &settings, &node)];
+        let snap = AffinitySnapshot::default();
+        let mut program: FamilyProgram =
+            plan::plan_full(&ctxs, &[], from, &snap).programs.remove(0);
+        let mut script = String::new();
+        plan::plan_incremental(&ctxs[0], to, changed, &mut program, &mut script);
+        let full = plan::plan_full(&ctxs, &[], to, &snap).programs.remove(0);
+        assert_eq!(
+            program, full,
+            "{family:?}: incremental script was:\n{script}"
+        );
+    }
+}
+
+#[test]
+fn incremental_equals_full_through_typical_changes() {
+    let a = web().endpoint("10.244.1.5", 8080, true).node_port(30080);
+    let b = PortBuilder::new(
+        "default",
+        "dns",
+        "dns",
+        Protocol::Udp,
+        "10.96.0.53,fd00:96::53",
+        53,
+    )
+    .endpoint("10.244.1.7", 53, true)
+    .endpoint("fd00:244:0:1::7", 53, true);
+    let c = PortBuilder::new("other", "db", "", Protocol::Tcp, "10.96.0.20", 5432)
+        .affinity(100)
+        .endpoint("10.244.3.3", 5432, false);
+    let s1 = sample::state(vec![
+        a.clone().build(),
+        b.clone().build(),
+        c.clone().build(),
+    ]);
+    let keys: Vec<ServicePortKey> = s1.services.iter().map(|s| s.key.clone()).collect();
+
+    // Scale up, change policy, remove a service, add affinity.
+    let s2 = sample::state(vec![
+        a.clone()
+            .endpoint("10.244.2.9", 8080, false)
+            .external_local(32001)
+            .build(),
+        c.clone().affinity(200).build(),
+    ]);
+    assert_incremental_equals_full(&s1, &s2, &keys);
+    assert_incremental_equals_full(&s2, &s1, &keys);
+    // Lose every endpoint, then come back.
+    let s3 = sample::state(vec![
+        web().node_port(30080).build(),
+        b.clone().build(),
+        c.clone().build(),
+    ]);
+    assert_incremental_equals_full(&s1, &s3, &keys);
+    assert_incremental_equals_full(&s3, &s1, &keys);
+    // Nothing changed: nothing written.
+    let settings = sample::settings();
+    let node = sample::node();
+    let ctxs = [ctx(IpFamily::V4, &settings, &node)];
+    let mut program = plan::plan_full(&ctxs, &[], &s1, &AffinitySnapshot::default())
+        .programs
+        .remove(0);
+    let mut script = String::new();
+    assert_eq!(
+        plan::plan_incremental(&ctxs[0], &s1, &keys, &mut program, &mut script),
+        0
+    );
+    assert!(script.is_empty(), "{script}");
+}
+
+#[test]
+fn shared_and_conflicting_elements_resolve_the_same_way_in_both_syncs() {
+    // Two ports of one service share the cluster IP; another service claims the same external
+    // IP and port as the first (a user error that must not break the whole table).
+    let p1 = PortBuilder::new("a", "svc", "p1", Protocol::Tcp, "10.96.0.1", 80)
+        .external_ip("203.0.113.1")
+        .endpoint("10.244.1.1", 80, true)
+        .build();
+    let p2 = PortBuilder::new("a", "svc", "p2", Protocol::Tcp, "10.96.0.1", 81)
+        .endpoint("10.244.1.1", 81, true)
+        .build();
+    let thief = PortBuilder::new("b", "svc", "", Protocol::Tcp, "10.96.0.2", 80)
+        .external_ip("203.0.113.1")
+        .endpoint("10.244.1.2", 80, true)
+        .build();
+    let both = sample::state(vec![p1.clone(), p2.clone(), thief.clone()]);
+    let settings = sample::settings();
+    let node = sample::node();
+    let ctxs = [ctx(IpFamily::V4, &settings, &node)];
+    let full = plan::plan_full(&ctxs, &[], &both, &AffinitySnapshot::default());
+    assert_eq!(
+        full.script.matches("\t203.0.113.1 . tcp . 80 : ").count(),
+        1
+    );
+    assert_eq!(
+        full.script.matches("\t10.96.0.1,").count() + full.script.matches("\t10.96.0.1\n").count(),
+        1
+    );
+    let winner = full.programs[0]
+        .index
+        .effective(Container::ServiceIps, "203.0.113.1 . tcp . 80")
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert!(
+        winner.contains("-a/svc/tcp/p1"),
+        "the smallest key wins: {winner}"
+    );
+
+    // Remove port p1: the cluster IP stays (p2 still uses it), the thief gets the address.
+    let after = sample::state(vec![p2, thief]);
+    let mut program = full.programs[0].clone();
+    let mut script = String::new();
+    let changed = [ServicePortKey::new("a", "svc", "p1", Protocol::Tcp)];
+    plan::plan_incremental(&ctxs[0], &after, &changed, &mut program, &mut script);
+    assert!(
+        !script.contains("delete element ip kproxy cluster-ips"),
+        "{script}"
+    );
+    assert!(script.contains("-b/svc/tcp/"), "{script}");
+    assert_incremental_equals_full(&both, &after, &changed);
+}
