@@ -77,7 +77,16 @@ pub struct PluginDir {
 
 impl PluginDir {
     /// An empty plugin folder.
+    ///
+    /// Panics when the tests do not run as root: the host refuses plugins not owned by root, so
+    /// every load from such a folder would fail with a less obvious message.
     pub fn empty() -> PluginDir {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "plugin tests must run as root: the plugin host only loads root-owned plugins"
+        );
         let dir = tempfile::Builder::new()
             .prefix("kproxy-plugins-")
             .tempdir()

@@ -241,6 +241,34 @@ fn a_panic_in_sync_is_an_error_and_the_host_lives_on() {
 }
 
 #[test]
+fn the_stall_switch_blocks_sync_until_it_is_removed() {
+    let plugins = PluginDir::with(&["recorder"]);
+    let records = tempfile::tempdir().unwrap();
+    let plugin = PluginHost::new(plugins.path()).load("recorder").unwrap();
+    let mut dataplane = plugin.build(&context(records.path())).unwrap();
+    let stall = records.path().join("stall");
+    fs::write(&stall, "").unwrap();
+    // The dataplane moves to another thread, as it does in the daemon's sync thread.
+    let syncing = std::thread::spawn(move || {
+        let result = dataplane.sync(&sample_state(5), &changes(true, &[]));
+        (dataplane, result)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !syncing.is_finished(),
+        "sync returned while the stall file exists"
+    );
+    assert!(!records.path().join("latest.json").exists());
+    fs::remove_file(&stall).unwrap();
+    let (_dataplane, result) = syncing.join().unwrap();
+    result.unwrap();
+    assert_eq!(
+        read_json(&records.path().join("latest.json"))["generation"],
+        5
+    );
+}
+
+#[test]
 fn a_plugin_built_against_a_changed_interface_is_refused_in_one_line() {
     let plugins = PluginDir::with(&["changed"]);
     let err = PluginHost::new(plugins.path()).load("changed").unwrap_err();
