@@ -26,7 +26,7 @@ pub mod slice;
 #[cfg(test)]
 pub(crate) mod fixtures;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// The namespace used when an object carries none (hand-written manifests often omit it); the
 /// API server defaults it the same way.

@@ -738,13 +738,13 @@ impl Garbage {
             "\u{0}\u{ffff}ü🙂",
         ];
         let mut s = self.pick(&TEXTS).to_string();
-        if self.next() % 5 == 0 {
+        if self.next().is_multiple_of(5) {
             s.push_str(self.pick(&TEXTS));
         }
         s
     }
     fn maybe<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
-        (self.next() % 3 != 0).then(|| f(self))
+        (!self.next().is_multiple_of(3)).then(|| f(self))
     }
     fn list<T>(&mut self, mut f: impl FnMut(&mut Self) -> T) -> Vec<T> {
         let n = self.next() % 4;
@@ -776,7 +776,7 @@ impl Garbage {
                 protocol: g.maybe(Self::text),
                 node_port: g.maybe(Self::int),
                 target_port: g.maybe(|g| {
-                    if g.next() % 2 == 0 {
+                    if g.next().is_multiple_of(2) {
                         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(g.int())
                     } else {
                         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(g.text())
@@ -797,13 +797,13 @@ impl Garbage {
             }),
             conditions: None,
         });
-        if self.next() % 4 == 0 {
+        if self.next().is_multiple_of(4) {
             s.metadata.namespace = None;
         }
-        if self.next() % 9 == 0 {
+        if self.next().is_multiple_of(9) {
             s.metadata.name = None;
         }
-        if self.next() % 5 == 0 {
+        if self.next().is_multiple_of(5) {
             s.metadata.annotations = Some(
                 [
                     ("kproxy.io/ipvs-scheduler".to_string(), self.text()),
@@ -822,7 +822,7 @@ impl Garbage {
         let svc_name = format!("g{}", self.next() % 8);
         let mut s = slice("ns", &format!("s{}", self.next() % 16), &svc_name, "IPv4").build();
         s.address_type = self.text();
-        if self.next() % 6 == 0 {
+        if self.next().is_multiple_of(6) {
             s.metadata.labels = None;
         }
         s.ports = self.maybe(|g| {
@@ -836,9 +836,9 @@ impl Garbage {
         s.endpoints = self.list(|g| Endpoint {
             addresses: g.list(Self::text),
             conditions: g.maybe(|g| EndpointConditions {
-                ready: g.maybe(|g| g.next() % 2 == 0),
-                serving: g.maybe(|g| g.next() % 2 == 0),
-                terminating: g.maybe(|g| g.next() % 2 == 0),
+                ready: g.maybe(|g| g.next().is_multiple_of(2)),
+                serving: g.maybe(|g| g.next().is_multiple_of(2)),
+                terminating: g.maybe(|g| g.next().is_multiple_of(2)),
             }),
             node_name: g.maybe(Self::text),
             zone: g.maybe(Self::text),
@@ -848,7 +848,7 @@ impl Garbage {
             }),
             ..Default::default()
         });
-        if self.next() % 5 == 0 {
+        if self.next().is_multiple_of(5) {
             s.metadata.annotations = Some(
                 [(
                     slice::ANNOTATION_LAST_CHANGE_TRIGGER_TIME.to_string(),
@@ -858,6 +858,69 @@ impl Garbage {
             );
         }
         s
+    }
+    /// A service that is usually valid: varied policies and ports, names `g0`–`g7`.
+    pub(crate) fn plausible_service(&mut self) -> Service {
+        let name = format!("g{}", self.next() % 8);
+        let ips: &[&str] = match self.next() % 3 {
+            0 => &["10.96.0.1"],
+            1 => &["fd00::1"],
+            _ => &["10.96.0.1", "fd00::1"],
+        };
+        let mut b = svc("ns", &name, ips);
+        b = match self.next() % 3 {
+            0 => b.typ("NodePort").port("http", "TCP", 80).node_port(30080),
+            1 => b.port("http", "TCP", 80).port("dns", "UDP", 53),
+            _ => b.port("", self.pick(&["TCP", "UDP", "SCTP"]), 80),
+        };
+        if self.next().is_multiple_of(3) {
+            b = b.itp("Local");
+        }
+        if self.next().is_multiple_of(3) {
+            b = b.etp("Local");
+        }
+        if self.next().is_multiple_of(4) {
+            b = b.external_ips(&[self.pick(&["192.0.2.1", "2001:db8::1"])]);
+        }
+        b.build()
+    }
+    /// A slice that is usually valid, for services `g0`–`g7`, with varied conditions, nodes
+    /// and hints.
+    pub(crate) fn plausible_slice(&mut self) -> EndpointSlice {
+        let v6 = self.next().is_multiple_of(3);
+        let mut s = slice(
+            "ns",
+            &format!("s{}", self.next() % 16),
+            &format!("g{}", self.next() % 8),
+            if v6 { "IPv6" } else { "IPv4" },
+        )
+        .port(
+            self.pick(&["http", "", "dns"]),
+            self.pick(&["TCP", "UDP"]),
+            8080,
+        );
+        for _ in 0..self.next() % 5 {
+            let last = self.next() % 6;
+            let addr = if v6 {
+                format!("fd00::{last}")
+            } else {
+                format!("10.0.0.{last}")
+            };
+            let mut e = ep(&addr).node(self.pick(&["n1", "n2", "n3"]));
+            e = match self.next() % 4 {
+                0 => e.not_ready(),
+                1 => e.terminating_serving(),
+                _ => e,
+            };
+            if self.next().is_multiple_of(3) {
+                e = e.zone_hints(&[self.pick(&["za", "zb"])]);
+            }
+            if self.next().is_multiple_of(4) {
+                e = e.node_hints(&[self.pick(&["n1", "n2"])]);
+            }
+            s = s.ep(e);
+        }
+        s.build()
     }
     pub(crate) fn node(&mut self, name: &str) -> Node {
         use k8s_openapi::api::core::v1::*;

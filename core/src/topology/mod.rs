@@ -1,1 +1,516 @@
-//! Resolves services and endpoints for this node as upstream kube-proxy does.
+//! Resolves services and endpoints for this node as upstream kube-proxy does, and tracks which
+//! service ports changed.
+//!
+//! [`Topology`] is a plain state struct (the Topology actor is a thin shell around it):
+//!
+//! 1. [`Topology::apply`] takes one [`SourceEvent`], validates the objects through
+//!    [`crate::model`], updates its stores, and re-resolves only the services that event
+//!    touched (a dirty set), so one endpoint change among 44,000 services costs one service's
+//!    worth of work.
+//! 2. [`Topology::take_delta`] returns the service ports whose resolved form differs from what
+//!    the previous call returned, the keys that disappeared, the node's facts when they changed,
+//!    and the slices' last-change-trigger-times for network-programming latency.
+//! 3. [`Topology::snapshot`] returns every resolved service port for a full resync.
+//!
+//! The resolved state is a pure function of the current objects: an object that is invalid or
+//! ignored counts as absent (its earlier valid form is dropped too), so a relist
+//! ([`ResourceEvent::Replaced`]) gives the same state as the same changes applied one by one.
+//! Slices may arrive before their service and outlive it; they are kept and used whenever the
+//! service exists.
+//!
+//! The resolution rules themselves (merging slices, ready/terminating fallback, traffic
+//! policies, topology hints) live in `resolve.rs`, following upstream's endpointslicecache.go
+//! and topology.go.
+
+use crate::model::node::NodeInfo;
+use crate::model::service::ServiceInfo;
+use crate::model::slice::SliceInfo;
+use crate::model::{Accepted, Invalid, NamespacedName};
+use crate::source::{ResourceEvent, SourceEvent};
+use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
+use kproxy_plugin_api::model::{NodeFacts, Protocol, ServicePort, ServicePortKey};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::SystemTime;
+
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+/// An object [`Topology::apply`] skipped as invalid: which one and why. The caller logs it as a
+/// warning and counts it.
+pub type Skipped = Invalid;
+
+/// How to build a [`Topology`].
+#[derive(Debug, Clone, Default)]
+pub struct TopologyConfig {
+    /// This node's name: endpoints whose `nodeName` equals it are local, and only the Node
+    /// object of this name is read. Empty: no endpoint is local (as upstream).
+    pub node_name: String,
+    /// Handle IPv4 services and endpoints.
+    pub ipv4: bool,
+    /// Handle IPv6 services and endpoints.
+    pub ipv6: bool,
+    /// Facts from the host itself (addresses of its interfaces), used while no Node object is
+    /// known and for the parts a Node object leaves empty.
+    pub host_facts: NodeFacts,
+    /// Trigger times at or before this instant are not reported (upstream ignores those older
+    /// than the tracker's start, so the initial list does not count as programming latency).
+    pub ignore_trigger_times_before: Option<SystemTime>,
+}
+
+impl TopologyConfig {
+    /// A config for node `node_name` with the given families and nothing else.
+    pub fn new(node_name: &str, ipv4: bool, ipv6: bool) -> Self {
+        TopologyConfig {
+            node_name: node_name.to_string(),
+            ipv4,
+            ipv6,
+            ..Default::default()
+        }
+    }
+}
+
+/// What changed since the previous [`Topology::take_delta`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateDelta {
+    /// Service ports added or whose resolved form changed, sorted by key.
+    pub upserts: Vec<ServicePort>,
+    /// Service ports that no longer exist, sorted.
+    pub removed: Vec<ServicePortKey>,
+    /// The node's facts, when they changed (always present in the first delta).
+    pub node: Option<NodeFacts>,
+    /// The `last-change-trigger-time`s of the slice changes behind this delta's service ports.
+    pub trigger_times: Vec<SystemTime>,
+}
+
+impl StateDelta {
+    /// Whether the delta carries no change.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removed.is_empty() && self.node.is_none()
+    }
+}
+
+/// The cluster-wide picture resolved for this node. See the module docs.
+#[derive(Debug)]
+pub struct Topology {
+    config: TopologyConfig,
+    services: HashMap<NamespacedName, ServiceInfo>,
+    slices: HashMap<NamespacedName, SliceInfo>,
+    /// Slice names per service (same namespace), sorted so merging is deterministic.
+    slices_by_service: HashMap<NamespacedName, BTreeSet<String>>,
+    node: Option<NodeInfo>,
+    /// Every resolved service port, sorted by key (a service's ports are contiguous).
+    resolved: BTreeMap<ServicePortKey, ServicePort>,
+    endpoint_total: usize,
+    /// Services to re-resolve at the end of the current `apply`.
+    dirty: HashSet<NamespacedName>,
+    /// Keys changed since the last take, with their form as of that take (`None`: absent).
+    pending: HashMap<ServicePortKey, Option<ServicePort>>,
+    /// Trigger times of slice changes since the last take, per service.
+    trigger_times: HashMap<NamespacedName, Vec<SystemTime>>,
+    /// The node facts the last take reported.
+    taken_node: Option<NodeFacts>,
+    /// How many times a service was resolved (lets tests prove work stays proportional to
+    /// what changed).
+    resolutions: u64,
+}
+
+impl Topology {
+    /// An empty topology for this node.
+    pub fn new(config: TopologyConfig) -> Self {
+        Topology {
+            config,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slices_by_service: HashMap::new(),
+            node: None,
+            resolved: BTreeMap::new(),
+            endpoint_total: 0,
+            dirty: HashSet::new(),
+            pending: HashMap::new(),
+            trigger_times: HashMap::new(),
+            taken_node: None,
+            resolutions: 0,
+        }
+    }
+
+    /// Applies one source event and re-resolves the services it touched. Returns the objects
+    /// skipped as invalid; every other object in the event is applied.
+    pub fn apply(&mut self, event: SourceEvent) -> Vec<Skipped> {
+        let mut skipped = Vec::new();
+        match event {
+            SourceEvent::Service(ev) => match ev {
+                ResourceEvent::Applied(svc) => self.apply_service(&svc, &mut skipped),
+                ResourceEvent::Deleted(svc) => {
+                    self.remove_service(&NamespacedName::of(&svc.metadata))
+                }
+                ResourceEvent::Replaced(list) => {
+                    let keep: HashSet<NamespacedName> = list
+                        .iter()
+                        .map(|s| NamespacedName::of(&s.metadata))
+                        .collect();
+                    let gone: Vec<NamespacedName> = self
+                        .services
+                        .keys()
+                        .filter(|id| !keep.contains(*id))
+                        .cloned()
+                        .collect();
+                    for id in gone {
+                        self.remove_service(&id);
+                    }
+                    for svc in &list {
+                        self.apply_service(svc, &mut skipped);
+                    }
+                }
+            },
+            SourceEvent::Slice(ev) => match ev {
+                ResourceEvent::Applied(slice) => self.apply_slice(&slice, &mut skipped),
+                ResourceEvent::Deleted(slice) => {
+                    self.remove_slice(&NamespacedName::of(&slice.metadata))
+                }
+                ResourceEvent::Replaced(list) => {
+                    let keep: HashSet<NamespacedName> = list
+                        .iter()
+                        .map(|s| NamespacedName::of(&s.metadata))
+                        .collect();
+                    let gone: Vec<NamespacedName> = self
+                        .slices
+                        .keys()
+                        .filter(|id| !keep.contains(*id))
+                        .cloned()
+                        .collect();
+                    for id in gone {
+                        self.remove_slice(&id);
+                    }
+                    for slice in &list {
+                        self.apply_slice(slice, &mut skipped);
+                    }
+                }
+            },
+            SourceEvent::Node(ev) => match ev {
+                ResourceEvent::Applied(node) => self.apply_node(&node, &mut skipped),
+                ResourceEvent::Deleted(node) => {
+                    if node.metadata.name.as_deref() == Some(self.config.node_name.as_str()) {
+                        self.set_node(None);
+                    }
+                }
+                ResourceEvent::Replaced(list) => {
+                    let ours = list
+                        .iter()
+                        .rev()
+                        .find(|n| n.metadata.name.as_deref() == Some(&self.config.node_name));
+                    match ours {
+                        Some(node) => self.apply_node(node, &mut skipped),
+                        None => self.set_node(None),
+                    }
+                }
+            },
+        }
+        self.resolve_dirty();
+        skipped
+    }
+
+    /// The changes since the previous call (see [`StateDelta`]), or `None` when nothing a
+    /// dataplane programs has changed. Only service ports whose resolved form differs from
+    /// what was last reported are included.
+    pub fn take_delta(&mut self) -> Option<StateDelta> {
+        let facts = self.node_facts();
+        let node = if self.taken_node.as_ref() != Some(&facts) {
+            self.taken_node = Some(facts.clone());
+            Some(facts)
+        } else {
+            None
+        };
+
+        let mut upserts = Vec::new();
+        let mut removed = Vec::new();
+        let mut services_in_delta: HashSet<NamespacedName> = HashSet::new();
+        for (key, before) in self.pending.drain() {
+            let now = self.resolved.get(&key);
+            if now == before.as_ref() {
+                continue; // changed and changed back
+            }
+            services_in_delta.insert(NamespacedName::new(
+                key.namespace.as_str(),
+                key.name.as_str(),
+            ));
+            match now {
+                Some(port) => upserts.push(port.clone()),
+                None => removed.push(key),
+            }
+        }
+        upserts.sort_by(|a, b| a.key.cmp(&b.key));
+        removed.sort();
+
+        // Trigger times are reported for the services in this delta; the rest described
+        // changes that did not alter what is programmed, so there is no latency to measure.
+        let mut trigger_times: Vec<SystemTime> = self
+            .trigger_times
+            .drain()
+            .filter(|(svc, _)| services_in_delta.contains(svc))
+            .flat_map(|(_, times)| times)
+            .collect();
+        trigger_times.sort();
+
+        let delta = StateDelta {
+            upserts,
+            removed,
+            node,
+            trigger_times,
+        };
+        (!delta.is_empty()).then_some(delta)
+    }
+
+    /// Every resolved service port, sorted by key: the whole desired state.
+    pub fn snapshot(&self) -> Vec<ServicePort> {
+        self.resolved.values().cloned().collect()
+    }
+
+    /// The resolved form of one service port.
+    pub fn get(&self, key: &ServicePortKey) -> Option<&ServicePort> {
+        self.resolved.get(key)
+    }
+
+    /// The node's facts as kproxy currently knows them: from the Node object, with the host's
+    /// facts filling what it lacks.
+    pub fn node_facts(&self) -> NodeFacts {
+        let host = &self.config.host_facts;
+        let mut facts = match &self.node {
+            Some(node) => node.facts(),
+            None => NodeFacts {
+                name: self.config.node_name.as_str().into(),
+                ..host.clone()
+            },
+        };
+        if facts.addresses.is_empty() {
+            facts.addresses = host.addresses.clone();
+        }
+        if facts.pod_cidrs.is_empty() {
+            facts.pod_cidrs = host.pod_cidrs.clone();
+        }
+        facts
+    }
+
+    /// This node's Node object as last seen, if any (for the health checks: deletion
+    /// timestamp and autoscaler taint).
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.node.as_ref()
+    }
+
+    /// The number of valid services held (including ones without a cluster IP of an enabled
+    /// family).
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The number of valid EndpointSlices held.
+    pub fn slice_count(&self) -> usize {
+        self.slices.len()
+    }
+
+    /// The number of resolved service ports.
+    pub fn service_port_count(&self) -> usize {
+        self.resolved.len()
+    }
+
+    /// The number of endpoints over all resolved service ports.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoint_total
+    }
+
+    fn apply_service(&mut self, svc: &Service, skipped: &mut Vec<Skipped>) {
+        let id = NamespacedName::of(&svc.metadata);
+        match ServiceInfo::from_service(svc) {
+            Ok(Accepted::Valid(info)) => {
+                if self.services.get(&id) != Some(&info) {
+                    self.services.insert(id.clone(), info);
+                    self.dirty.insert(id);
+                }
+            }
+            Ok(Accepted::Ignored(why)) => {
+                tracing::debug!(service = %id, reason = %why, "service not proxied");
+                self.remove_service(&id);
+            }
+            Err(invalid) => {
+                self.remove_service(&id);
+                skipped.push(invalid);
+            }
+        }
+    }
+
+    fn remove_service(&mut self, id: &NamespacedName) {
+        if self.services.remove(id).is_some() {
+            self.dirty.insert(id.clone());
+        }
+    }
+
+    fn apply_slice(&mut self, slice: &EndpointSlice, skipped: &mut Vec<Skipped>) {
+        let id = NamespacedName::of(&slice.metadata);
+        match SliceInfo::from_slice(slice) {
+            Ok(Accepted::Valid(info)) => {
+                if self.slices.get(&id) == Some(&info) {
+                    return;
+                }
+                if let Some(old) = self.slices.get(&id) {
+                    if old.service != info.service {
+                        let old_service = old.service.clone();
+                        self.unindex(&old_service, &id.name);
+                    }
+                }
+                self.slices_by_service
+                    .entry(info.service.clone())
+                    .or_default()
+                    .insert(id.name.clone());
+                self.dirty.insert(info.service.clone());
+                if let Some(t) = info.trigger_time {
+                    if self
+                        .config
+                        .ignore_trigger_times_before
+                        .is_none_or(|start| t > start)
+                    {
+                        self.trigger_times
+                            .entry(info.service.clone())
+                            .or_default()
+                            .push(t);
+                    }
+                }
+                self.slices.insert(id, info);
+            }
+            Ok(Accepted::Ignored(why)) => {
+                tracing::debug!(slice = %id, reason = %why, "endpoint slice not proxied");
+                self.remove_slice(&id);
+            }
+            Err(invalid) => {
+                self.remove_slice(&id);
+                skipped.push(invalid);
+            }
+        }
+    }
+
+    fn remove_slice(&mut self, id: &NamespacedName) {
+        if let Some(old) = self.slices.remove(id) {
+            self.unindex(&old.service, &id.name);
+            // As upstream: a deletion's trigger time is that of the last update, not of this
+            // change, so the service's pending times are dropped rather than measured.
+            self.trigger_times.remove(&old.service);
+        }
+    }
+
+    /// Removes a slice from its service's index and marks the service dirty.
+    fn unindex(&mut self, service: &NamespacedName, slice_name: &str) {
+        if let Some(names) = self.slices_by_service.get_mut(service) {
+            names.remove(slice_name);
+            if names.is_empty() {
+                self.slices_by_service.remove(service);
+            }
+        }
+        self.dirty.insert(service.clone());
+    }
+
+    fn apply_node(&mut self, node: &Node, skipped: &mut Vec<Skipped>) {
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        if name != self.config.node_name {
+            tracing::debug!(node = name, "ignoring another node's Node object");
+            return;
+        }
+        match NodeInfo::from_node(node) {
+            Ok(info) => self.set_node(Some(info)),
+            Err(invalid) => {
+                self.set_node(None);
+                skipped.push(invalid);
+            }
+        }
+    }
+
+    /// Replaces the node; a zone change re-resolves every service whose slices carry hints.
+    fn set_node(&mut self, node: Option<NodeInfo>) {
+        let old_zone = self.node.as_ref().and_then(|n| n.zone.clone());
+        self.node = node;
+        let new_zone = self.node.as_ref().and_then(|n| n.zone.clone());
+        if old_zone != new_zone {
+            for (service, names) in &self.slices_by_service {
+                let hinted = names.iter().any(|name| {
+                    self.slices
+                        .get(&NamespacedName::new(
+                            service.namespace.as_str(),
+                            name.as_str(),
+                        ))
+                        .is_some_and(SliceInfo::has_hints)
+                });
+                if hinted {
+                    self.dirty.insert(service.clone());
+                }
+            }
+        }
+    }
+
+    /// Re-resolves every dirty service and records which keys changed.
+    fn resolve_dirty(&mut self) {
+        let dirty: Vec<NamespacedName> = self.dirty.drain().collect();
+        for id in dirty {
+            self.resolve_service(&id);
+        }
+    }
+
+    fn resolve_service(&mut self, id: &NamespacedName) {
+        self.resolutions += 1;
+        let new_ports = match self.services.get(id) {
+            None => Vec::new(),
+            Some(svc) => {
+                let slices: Vec<&SliceInfo> = self
+                    .slices_by_service
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|name| {
+                        self.slices
+                            .get(&NamespacedName::new(id.namespace.as_str(), name.as_str()))
+                    })
+                    .collect();
+                let zone = self
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.zone.as_deref())
+                    .unwrap_or_default();
+                let view = resolve::NodeView {
+                    name: &self.config.node_name,
+                    zone,
+                    ipv4: self.config.ipv4,
+                    ipv6: self.config.ipv6,
+                };
+                resolve::resolve_service(svc, &slices, view)
+            }
+        };
+
+        // The service's current ports: a contiguous range of the sorted map.
+        let start = ServicePortKey::new(&id.namespace, &id.name, "", Protocol::Tcp);
+        let old_keys: Vec<ServicePortKey> = self
+            .resolved
+            .range(start..)
+            .take_while(|(k, _)| k.namespace.as_str() == id.namespace && k.name.as_str() == id.name)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let new_keys: HashSet<&ServicePortKey> = new_ports.iter().map(|p| &p.key).collect();
+        for key in old_keys {
+            if !new_keys.contains(&key) {
+                if let Some(old) = self.resolved.remove(&key) {
+                    self.endpoint_total -= old.endpoints.len();
+                    self.pending.entry(key).or_insert(Some(old));
+                }
+            }
+        }
+        for port in new_ports {
+            let old = self.resolved.get(&port.key);
+            if old == Some(&port) {
+                continue;
+            }
+            self.endpoint_total -= old.map_or(0, |o| o.endpoints.len());
+            self.endpoint_total += port.endpoints.len();
+            if !self.pending.contains_key(&port.key) {
+                // The form as of the last take, kept once however often it changes after.
+                self.pending.insert(port.key.clone(), old.cloned());
+            }
+            self.resolved.insert(port.key.clone(), port);
+        }
+    }
+}
