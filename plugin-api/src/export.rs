@@ -109,6 +109,9 @@ impl<P: Plugin> Dataplane for Guarded<P> {
 
 /// Exports a [`Plugin`] implementation as this cdylib's kproxy root module.
 ///
+/// The plugin crate must list `abi_stable` among its own dependencies (the same version as this
+/// crate's): abi_stable's `#[export_root_module]`, which this expands to, names `::abi_stable`.
+///
 /// ```ignore
 /// kproxy_plugin_api::export_plugin!(MyDataplane);
 /// ```
