@@ -326,7 +326,7 @@ fn convert(prov: &Provenance, e: config::ConfigError) -> ConfigError {
                     expected,
                     ..
                 } => format!("found {unexpected}, expected {expected}"),
-                other => other.to_string(),
+                other => tidy(&other.to_string()),
             };
             ConfigError::WrongType {
                 origin: prov.origin(&key),
@@ -335,6 +335,19 @@ fn convert(prov: &Provenance, e: config::ConfigError) -> ConfigError {
             }
         }
         other => foreign(prov, "", other),
+    }
+}
+
+/// Rewrites serde's `invalid type: X, expected struct RawFoo` as `found X, expected a table`:
+/// the operator never sees our internal type names.
+fn tidy(message: &str) -> String {
+    let message = message
+        .strip_prefix("invalid type: ")
+        .map(|rest| format!("found {rest}"))
+        .unwrap_or_else(|| message.to_string());
+    match message.split_once("expected struct Raw") {
+        Some((head, _)) => format!("{head}expected a table"),
+        None => message,
     }
 }
 

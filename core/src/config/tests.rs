@@ -231,6 +231,15 @@ fn wrong_types_name_the_key() {
     assert!(e.contains("masquerade.bit has the wrong type"), "{e}");
     let e = err("cluster_cidrs = \"10.0.0.0/8\"");
     assert!(e.contains("cluster_cidrs has the wrong type"), "{e}");
+    assert!(
+        e.contains("found string \"10.0.0.0/8\", expected a sequence"),
+        "{e}"
+    );
+    let e = err("source = 5");
+    assert!(
+        e.ends_with("source has the wrong type: found integer `5`, expected a table"),
+        "{e}"
+    );
 }
 
 #[test]
