@@ -698,3 +698,93 @@ async fn bookmarks_arrive_periodically_when_asked_for() {
         _ => panic!("a watch without allowWatchBookmarks got something other than the change"),
     }
 }
+
+/// Sends a raw HTTP/1.1 GET and returns the stream once the response headers have arrived.
+fn raw_get(server: &TestApiServer, path: &str) -> (std::net::TcpStream, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(server.addr()).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed before the response headers");
+        got.extend_from_slice(&buf[..n]);
+    }
+    (conn, got)
+}
+
+fn read_to_close(conn: &mut std::net::TcpStream, got: &mut Vec<u8>) {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+#[test]
+fn dropped_watch_is_cut_mid_stream_and_timeout_ends_cleanly() {
+    let server = TestApiServer::start_with(Options {
+        bookmark_interval: None,
+        ..Options::default()
+    })
+    .unwrap();
+    server.apply(&service("ns", "a", json!({}))).unwrap();
+    let rv = server.current_rv();
+
+    // Cut: the chunked body never gets its terminating zero-length chunk.
+    let (mut conn, mut got) = raw_get(
+        &server,
+        &format!("/api/v1/services?watch=true&resourceVersion={rv}"),
+    );
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(server.wait_for_watches(Kind::Service, 1, WAIT));
+    server.apply(&service("ns", "b", json!({}))).unwrap();
+    assert_eq!(server.drop_watches(), 1);
+    read_to_close(&mut conn, &mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a cut watch must not end cleanly: {text}"
+    );
+    assert_eq!(server.watch_count(), 0);
+
+    // Timeout: the server ends the stream properly after timeoutSeconds.
+    let (mut conn, mut got) = raw_get(
+        &server,
+        &format!("/api/v1/services?watch=true&resourceVersion={rv}&timeoutSeconds=1"),
+    );
+    read_to_close_or_terminator(&mut conn, &mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("\"type\":\"ADDED\""),
+        "replayed change: {text}"
+    );
+    assert!(
+        text.ends_with("0\r\n\r\n"),
+        "a timed-out watch ends cleanly: {text}"
+    );
+}
+
+/// Reads until the chunked terminator arrives (the connection stays open for keep-alive).
+fn read_to_close_or_terminator(conn: &mut std::net::TcpStream, got: &mut Vec<u8>) {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = conn.read(&mut buf).unwrap();
+        if n == 0 {
+            return;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
