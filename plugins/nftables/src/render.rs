@@ -621,6 +621,12 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
                 rules.push(format!("{ip} saddr @{} goto {}", ep_set(e), ep_chain(e)));
             }
         }
+        if let [only] = eps {
+            // One endpoint needs no random choice. An anonymous vmap per service would also
+            // cost the kernel a scan of every set in the table to name it (O(n²) in a sync).
+            rules.push(format!("goto {}", ep_chain(only)));
+            return rules;
+        }
         let arms: Vec<String> = eps
             .iter()
             .enumerate()

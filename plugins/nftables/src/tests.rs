@@ -125,7 +125,7 @@ fn local_detection_modes_become_matches() {
     settings.local_detect.mode = LocalDetectMode::None;
     let objs = render_port(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
     assert!(
-        chain(&objs, "service-")[0].starts_with("numgen"),
+        chain(&objs, "service-")[0].starts_with("goto endpoint-"),
         "no masquerade rule"
     );
 }
@@ -192,7 +192,10 @@ fn external_policy_local_keeps_sources_and_short_circuits_pods_and_the_node() {
     assert!(ext[2].starts_with("fib saddr type local goto service-"));
     assert!(ext[3].starts_with("goto local-"), "{}", ext[3]);
     // The local chain only has the local endpoint; the cluster chain has both.
-    assert!(chain(&objs, "local-")[0].starts_with("numgen random mod 1 "));
+    assert!(
+        chain(&objs, "local-")[0].starts_with("goto endpoint-"),
+        "one endpoint: plain goto"
+    );
     assert!(chain(&objs, "service-")
         .iter()
         .any(|r| r.starts_with("numgen random mod 2 ")));

@@ -1,0 +1,127 @@
+//! Times a full sync (render + `nft -f`) and a one-endpoint incremental sync at a given size,
+//! inside a scratch network namespace (needs root). Not a test: it prints figures.
+//!
+//! `cargo run --release -p kproxy-plugin-nftables --example sync_bench -- [services] [endpoints]`
+
+use kproxy_plugin_api::{ChangeSet, Plugin};
+use kproxy_plugin_nftables::{plan, render::FamilyCtx, sample, NftablesDataplane};
+use std::{fs::File, os::fd::AsRawFd, process::Command, time::Instant};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let services: usize = args.next().map_or(10_000, |a| a.parse().expect("services"));
+    let endpoints: usize = args.next().map_or(1, |a| a.parse().expect("endpoints"));
+    let ns = format!("kpnft-bench-{}", std::process::id());
+    let ok = Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .expect("ip");
+    assert!(ok.success(), "ip netns add failed (root needed)");
+    let result = std::panic::catch_unwind(|| run(&ns, services, endpoints));
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn run(ns: &str, services: usize, endpoints: usize) {
+    let file = File::open(format!("/var/run/netns/{ns}")).expect("netns");
+    // SAFETY: plain syscall on a valid descriptor; this process is single-threaded here.
+    assert_eq!(
+        unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+        0
+    );
+
+    let mut settings = sample::settings();
+    settings.ipv6 = false;
+    let state = sample::many_services(services, endpoints);
+    let node = sample::node();
+    let ctx = FamilyCtx {
+        family: kproxy_plugin_api::IpFamily::V4,
+        table: "kproxy",
+        settings: &settings,
+        node: &node,
+    };
+    let t = Instant::now();
+    let plan = plan::plan_full(&[ctx], &[], &state, &Default::default());
+    let render = t.elapsed();
+    println!(
+        "{services} services x {endpoints} endpoints: script {} KiB, {} objects; render {:.1} ms",
+        plan.script.len() / 1024,
+        plan.objects,
+        render.as_secs_f64() * 1e3
+    );
+
+    if let Ok(path) = std::env::var("KPNFT_DUMP") {
+        std::fs::write(&path, &plan.script).expect("write script");
+        println!("script written to {path}");
+        return;
+    }
+    let ctx = kproxy_plugin_api::HostContext {
+        plugin_config: "".into(),
+        settings: settings.clone(),
+        node: node.clone(),
+    };
+    let mut dp = NftablesDataplane::new(&ctx).unwrap();
+    let full = ChangeSet {
+        full: true,
+        changed: Default::default(),
+    };
+    for round in 0..3 {
+        let t = Instant::now();
+        dp.sync(&state, &full).unwrap();
+        println!(
+            "full sync (render + nft -f) #{round}: {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let t = Instant::now();
+    let (ok, _) = (
+        Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .map(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(plan.script.as_bytes())
+                    .unwrap();
+                c.wait().unwrap().success()
+            })
+            .unwrap(),
+        (),
+    );
+    assert!(ok);
+    println!(
+        "reference: nft -f of the pre-rendered script: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
+    // One endpoint added to one service, 20 times.
+    let mut times = Vec::new();
+    let mut current = state.clone();
+    for i in 0..20 {
+        let mut next = current.clone();
+        let idx = (i * 37) % next.services.len();
+        let sp = &mut next.services[idx];
+        let mut e = sp.endpoints[0].clone();
+        e.ip = sample::ip(&format!("10.250.{}.{}", i / 200, i % 200 + 1));
+        sp.endpoints.push(e);
+        let changed = ChangeSet {
+            full: false,
+            changed: vec![sp.key.clone()].into(),
+        };
+        let t = Instant::now();
+        dp.sync(&next, &changed).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        current = next;
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "incremental one-endpoint sync: p50 {:.1} ms, max {:.1} ms (20 runs)",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+}
