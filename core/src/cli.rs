@@ -14,6 +14,7 @@ use crate::{
     config::{self, Config, ConfigError, LoadOptions, Overrides},
     daemon, logging,
     plugin_host::{LoadError, LoadedPlugin, PluginHost},
+    source::SourceError,
 };
 use clap::{Parser, Subcommand};
 use kproxy_plugin_api::{HostContext, NodeFacts, INTERFACE_VERSION};
@@ -180,14 +181,17 @@ fn load_checked(config: &Config) -> Result<LoadedPlugin, i32> {
 }
 
 fn run(config: Config) -> i32 {
-    if let Err(code) = load_checked(&config) {
-        return code;
-    }
-    match daemon::run(config) {
+    let plugin = match load_checked(&config) {
+        Ok(plugin) => plugin,
+        Err(code) => return code,
+    };
+    match daemon::run(config, plugin) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("kproxy: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<LoadError>().is_some()
+            if e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<LoadError>().is_some()
+                || e.downcast_ref::<SourceError>().is_some()
             {
                 EXIT_CONFIG
             } else {

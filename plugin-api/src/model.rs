@@ -398,11 +398,15 @@ impl ServicePort {
             .filter(move |e| if local { e.for_local } else { e.for_cluster })
     }
     /// Whether the service can be reached from outside the cluster (node port, external IPs or
-    /// LB IPs); only then does `externalTrafficPolicy` apply.
+    /// LB IPs the node handles — `ipMode: Proxy` ones do not count, as upstream); only then does
+    /// `externalTrafficPolicy` apply.
     pub fn externally_accessible(&self) -> bool {
         self.node_port != 0
             || !self.external_ips.is_empty()
-            || !self.load_balancer_ingress.is_empty()
+            || self
+                .load_balancer_ingress
+                .iter()
+                .any(|lb| lb.ip_mode == IpMode::Vip)
     }
     /// Whether `externalTrafficPolicy: Local` is in force.
     pub fn external_policy_local(&self) -> bool {

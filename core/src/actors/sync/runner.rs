@@ -1,0 +1,101 @@
+//! The sync thread: owns the dataplane and the desired state, and runs blocking plugin calls.
+//!
+//! It is an actix `SyncArbiter` actor on its own OS thread, so a plugin that talks to the kernel
+//! (or stalls) never blocks the async runtime that serves health checks and watches the API.
+//! Messages are handled in order, so a state patch never interleaves with a running sync.
+
+use super::store::StateStore;
+use crate::{plugin_host::Dataplane, topology::StateDelta};
+use actix::prelude::*;
+use kproxy_plugin_api::{PluginError, SyncReport};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Patches the desired state; applied at the next sync.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Patch(pub StateDelta);
+
+/// Runs one sync now.
+#[derive(Message)]
+#[rtype(result = "SyncOutcome")]
+pub struct RunSync {
+    /// Ask the plugin for a full sync even if only some keys changed.
+    pub full: bool,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone)]
+pub struct SyncOutcome {
+    /// The plugin's report, or its error.
+    pub result: Result<SyncReport, PluginError>,
+    /// Whether the plugin was asked for a full sync.
+    pub full: bool,
+    /// The state generation the sync applied.
+    pub generation: u64,
+    /// How many service ports and endpoints the desired state holds.
+    pub services: usize,
+    /// See `services`.
+    pub endpoints: usize,
+    /// How many changed keys the sync carried.
+    pub changed: usize,
+    /// Wall-clock time the sync ended, for `..._last_timestamp_seconds`.
+    pub finished_at: SystemTime,
+    /// How long the plugin call took.
+    pub duration: Duration,
+}
+
+/// The actor that owns the dataplane; see the module docs.
+pub struct PluginRunner {
+    // Boxed because actors must be `Unpin` and abi_stable's trait objects are not.
+    dataplane: Box<Dataplane>,
+    store: StateStore,
+}
+
+impl PluginRunner {
+    /// Wraps a built dataplane with an empty desired state.
+    pub fn new(dataplane: Dataplane) -> Self {
+        PluginRunner {
+            dataplane: Box::new(dataplane),
+            store: StateStore::new(),
+        }
+    }
+
+    /// Runs one sync; the plain logic behind the [`RunSync`] handler.
+    pub fn run(&mut self, full: bool) -> SyncOutcome {
+        let changes = self.store.change_set(full);
+        let state = self.store.state();
+        let started = Instant::now();
+        let result = self.dataplane.sync(state, &changes);
+        let duration = started.elapsed();
+        let outcome = SyncOutcome {
+            full: changes.full,
+            generation: state.generation,
+            services: state.services.len(),
+            endpoints: state.endpoint_count(),
+            changed: changes.changed.len(),
+            finished_at: SystemTime::now(),
+            duration,
+            result,
+        };
+        self.store.finish(&changes, outcome.result.is_ok());
+        outcome
+    }
+}
+
+impl Actor for PluginRunner {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<Patch> for PluginRunner {
+    type Result = ();
+    fn handle(&mut self, msg: Patch, _: &mut SyncContext<Self>) {
+        self.store.apply(msg.0);
+    }
+}
+
+impl Handler<RunSync> for PluginRunner {
+    type Result = MessageResult<RunSync>;
+    fn handle(&mut self, msg: RunSync, _: &mut SyncContext<Self>) -> Self::Result {
+        MessageResult(self.run(msg.full))
+    }
+}
