@@ -9,4 +9,5 @@
 
 pub mod apiserver;
 pub mod artifacts;
+pub mod flows;
 pub mod lab;

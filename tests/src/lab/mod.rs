@@ -617,7 +617,21 @@ impl Lab {
         n: usize,
         opts: &RequestOptions,
     ) -> Tally {
-        match self.run_in(from, || client::spread(dst, proto, n, 20, opts)) {
+        self.send_many(from, dst, proto, n, 20, opts)
+    }
+
+    /// Sends up to `n` requests one after the other and counts; stops once `max_failures`
+    /// requests went unanswered (so expected drops cost only the timeouts asked for).
+    pub fn send_many(
+        &self,
+        from: &Place,
+        dst: SocketAddr,
+        proto: Protocol,
+        n: usize,
+        max_failures: usize,
+        opts: &RequestOptions,
+    ) -> Tally {
+        match self.run_in(from, || client::spread(dst, proto, n, max_failures, opts)) {
             Ok(t) => t,
             Err(e) => {
                 let mut t = Tally::default();
