@@ -42,7 +42,10 @@ impl Daemon {
     /// starts the daemon.
     pub fn start(spec: DaemonSpec<'_>) -> Daemon {
         let plugins = PluginDir::with(spec.plugins);
-        let dir = tempfile::Builder::new().prefix("kproxy-daemon-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("kproxy-daemon-")
+            .tempdir()
+            .unwrap();
         let config = format!(
             "plugin_dir = \"{}\"\n{}",
             plugins.path().display(),
@@ -70,7 +73,11 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(log);
         let child = cmd.spawn().expect("start kproxy");
-        Daemon { child: Some(child), dir, _plugins: plugins }
+        Daemon {
+            child: Some(child),
+            dir,
+            _plugins: plugins,
+        }
     }
 
     /// The daemon's scratch folder (config file and log).
@@ -85,7 +92,9 @@ impl Daemon {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Sends SIGTERM and waits for the exit code.
@@ -113,7 +122,10 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            eprintln!("----- kproxy log -----\n{}\n----- end of kproxy log -----", self.log());
+            eprintln!(
+                "----- kproxy log -----\n{}\n----- end of kproxy log -----",
+                self.log()
+            );
         }
     }
 }
@@ -165,7 +177,12 @@ impl Default for Recording {
 impl Recording {
     /// A fresh, empty folder for the recorder.
     pub fn new() -> Recording {
-        Recording { dir: tempfile::Builder::new().prefix("kproxy-rec-").tempdir().unwrap() }
+        Recording {
+            dir: tempfile::Builder::new()
+                .prefix("kproxy-rec-")
+                .tempdir()
+                .unwrap(),
+        }
     }
 
     /// The folder, for the recorder's `dir` setting.
@@ -175,7 +192,10 @@ impl Recording {
 
     /// The `[dataplanes.recorder]` section pointing at this folder.
     pub fn config_section(&self) -> String {
-        format!("[dataplanes.recorder]\ndir = \"{}\"\n", self.dir.path().display())
+        format!(
+            "[dataplanes.recorder]\ndir = \"{}\"\n",
+            self.dir.path().display()
+        )
     }
 
     /// The newest recorded sync, if any.
