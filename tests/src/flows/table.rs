@@ -215,7 +215,12 @@ fn cluster_ip(t: &mut Table, f: IpFamily) {
                     f,
                     Expect::Dropped,
                 ),
-                Probe::new(pod(C), Target::UnallocatedServiceIp, f, Expect::Dropped).port(0),
+                Probe::new(
+                    Sender::External,
+                    Target::UnallocatedServiceIp,
+                    f,
+                    Expect::Dropped,
+                ),
             ],
         )],
     );
