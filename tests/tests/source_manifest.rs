@@ -438,3 +438,28 @@ fn a_missing_folder_is_refused_by_name() {
     };
     assert!(error.contains(&missing.display().to_string()), "{error}");
 }
+
+#[tokio::test]
+async fn an_unchecked_folder_that_appears_later_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let later = dir.path().join("later");
+    let mut stream = ManifestSource::new(later.clone(), NODE.into()).events();
+    let mut view = View::default();
+    until(&mut stream, &mut view, "an empty start", |v| {
+        v.replaced == 3
+    })
+    .await;
+    assert!(view.services.is_empty());
+
+    std::fs::create_dir(&later).unwrap();
+    write(&later, "a.yaml", &service("a", 80));
+    until(&mut stream, &mut view, "a, found by polling", |v| {
+        v.service_keys() == ["default/a"]
+    })
+    .await;
+    write(&later, "b.yaml", &service("b", 81));
+    until(&mut stream, &mut view, "b", |v| {
+        v.service_keys() == ["default/a", "default/b"]
+    })
+    .await;
+}

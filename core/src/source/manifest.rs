@@ -200,17 +200,20 @@ impl Runner {
             tokio::time::sleep(FALLBACK_POLL).await;
             return dirty;
         };
-        match tokio::time::timeout(SAFETY_POLL, rx.recv()).await {
-            Err(_elapsed) => return dirty,
-            Ok(None) => {
-                // The watcher's thread is gone; fall back to polling until it is re-armed.
-                self.watcher = None;
-                self.notifications = None;
-                return dirty;
-            }
-            Ok(Some(event)) => {
-                if !note(&mut dirty, event) {
+        let poll_at = tokio::time::Instant::now() + SAFETY_POLL;
+        loop {
+            match tokio::time::timeout_at(poll_at, rx.recv()).await {
+                Err(_elapsed) => return dirty,
+                Ok(None) => {
+                    // The watcher's thread is gone; poll until it is re-armed after the rescan.
+                    self.watcher = None;
+                    self.notifications = None;
                     return dirty;
+                }
+                Ok(Some(event)) => {
+                    if note(&mut dirty, event) {
+                        break;
+                    }
                 }
             }
         }
