@@ -15,4 +15,5 @@ pub mod artifacts;
 pub mod daemon;
 pub mod driver;
 pub mod flows;
-pub mod lab;
+/// The namespace lab lives in its own crate (`kproxy-lab`) so `kproxy demo` can use it too.
+pub use kproxy_lab as lab;

@@ -13,6 +13,10 @@
 //! (`kpl-<pid>-<n>-<role>`), and dropping the [`Lab`] — also while a test panics — stops the
 //! servers, ends the processes started inside and deletes the namespaces. Labs left behind by
 //! a process that was killed are swept by the next lab.
+//!
+//! This is its own crate (`kproxy-lab`) because two users need it: the end-to-end suites (through
+//! `kproxy_tests::lab`, a re-export) and `kproxy demo`, which builds a lab to show the daemon
+//! balancing real traffic.
 
 pub mod client;
 pub mod netns;
