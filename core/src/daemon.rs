@@ -8,12 +8,14 @@
 
 use crate::{
     actors::{
+        health::{HealthCheckActor, HealthConfig, SystemClock},
         sync::{runner::PluginRunner, SyncActor},
         topology::TopologyActor,
         watcher::WatcherActor,
     },
     config::{Config, SourceKind},
     host,
+    metrics::{self, Metrics},
     plugin_host::{Dataplane, LoadedPlugin},
     source::{kubernetes, manifest::ManifestSource, SourceError, SourceEvent},
     topology::{Topology, TopologyConfig},
@@ -63,10 +65,38 @@ pub fn run(config: Config, plugin: LoadedPlugin) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets up the source and starts the actors; runs inside the actor system.
+/// Sets up the source, binds the healthz and metrics addresses, and starts the actors; runs
+/// inside the actor system. A port that cannot be bound stops start-up before any sync.
 async fn start(config: &Config, dataplane: Dataplane, host_facts: NodeFacts) -> anyhow::Result<()> {
     let node_name = host_facts.name.to_string();
     let source = open_source(config, &node_name).await?;
+
+    let proxy_mode = dataplane.name().to_string();
+    let metrics = Arc::new(Metrics::new(&config.ip_families, &proxy_mode));
+    let bind = |key: &str, addr: Option<std::net::SocketAddr>| {
+        addr.map(|a| metrics::http::bind(a).with_context(|| format!("cannot listen on {key} {a}")))
+            .transpose()
+    };
+    let healthz = bind("healthz_bind_address", config.healthz_bind_address)?;
+    if let Some(listener) = bind("metrics_bind_address", config.metrics_bind_address)? {
+        // Serves for the life of the process.
+        metrics::server::start(listener, metrics.clone(), proxy_mode)?;
+    }
+    let health = HealthCheckActor::new(
+        HealthConfig {
+            // Upstream's healthTimeout: twice the sync period.
+            timeout: config.sync_period.saturating_mul(2),
+            families: config.ip_families.clone(),
+            healthz,
+            node_port_addresses: config
+                .proxy_settings_for_node(&host_facts)
+                .node_port_addresses
+                .to_vec(),
+        },
+        Arc::new(SystemClock),
+        Some(metrics.clone()),
+    )
+    .start();
 
     let mut topology_config = TopologyConfig::new(
         &node_name,
@@ -82,12 +112,18 @@ async fn start(config: &Config, dataplane: Dataplane, host_facts: NodeFacts) -> 
         let dp = dataplane.lock().unwrap_or_else(|p| p.into_inner()).take();
         PluginRunner::new(dp.expect("the sync thread is started once"))
     });
-    let sync = SyncActor::new(runner, config.min_sync_period, config.sync_period).start();
+    let sync = SyncActor::new(runner, config.min_sync_period, config.sync_period)
+        .with_metrics(metrics.clone())
+        .on_finished(health.clone().recipient())
+        .on_queued(health.clone().recipient())
+        .start();
     let topology = TopologyActor::new(
         Topology::new(topology_config),
         sync.clone().recipient(),
         sync.recipient(),
     )
+    .with_metrics(metrics)
+    .on_node(health.recipient())
     .start();
     WatcherActor::new(source, topology.recipient()).start();
 

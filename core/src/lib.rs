@@ -12,6 +12,8 @@
 //!   upstream kube-proxy does, and reports which service ports changed.
 //! - [`actors`]: the Watcher, Topology, Sync and HealthCheck actors that move all of the above.
 //! - [`plugin_host`]: finds, checks and loads dataplane plugins (`*.so`).
+//! - [`metrics`]: the Prometheus registry with kube-proxy's metric names, and the HTTP serving
+//!   that `/metrics`, `/healthz` and the health-check node ports share.
 //! - [`daemon`]: wires it all together for `kproxy run`; [`cli`] is the command line.
 
 pub mod actors;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod host;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod plugin_host;
 pub mod source;

@@ -4,17 +4,43 @@
 pub mod runner;
 pub mod scheduler;
 pub mod store;
+pub mod summary;
 
-use crate::topology::StateDelta;
+use crate::{
+    metrics::{
+        changes::{ChangeKind, PendingChanges},
+        Metrics,
+    },
+    model::NamespacedName,
+    topology::StateDelta,
+};
 use actix::prelude::*;
 use runner::{Patch, PluginRunner, RunSync, SyncOutcome};
 use scheduler::SyncScheduler;
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
-/// A resolved change from Topology.
+/// A resolved change from Topology, and the kind of object whose event caused it (for the
+/// pending-changes metrics).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Delta(pub StateDelta);
+pub struct Delta(pub StateDelta, pub ChangeKind);
+
+impl Delta {
+    /// The services whose ports this delta changes.
+    pub fn services(&self) -> BTreeSet<NamespacedName> {
+        let d = &self.0;
+        d.upserts
+            .iter()
+            .map(|p| &p.key)
+            .chain(d.removed.iter())
+            .map(|k| NamespacedName::new(k.namespace.as_str(), k.name.as_str()))
+            .collect()
+    }
+}
 
 /// Topology has seen the first complete listing of Services and EndpointSlices. Until then no
 /// sync runs: a full sync of a half-known state would delete the rules a previous kproxy left
@@ -51,6 +77,8 @@ pub struct SyncActor {
     ready: bool,
     finished_subscribers: Vec<Recipient<SyncFinished>>,
     queued_subscribers: Vec<Recipient<ChangeQueued>>,
+    metrics: Option<Arc<Metrics>>,
+    pending: PendingChanges,
 }
 
 impl SyncActor {
@@ -67,6 +95,21 @@ impl SyncActor {
             ready: false,
             finished_subscribers: Vec::new(),
             queued_subscribers: Vec::new(),
+            metrics: None,
+            pending: PendingChanges::default(),
+        }
+    }
+
+    /// Records syncs and pending changes in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn publish_pending(&self) {
+        if let Some(m) = &self.metrics {
+            let (services, endpoints) = self.pending.counts();
+            m.set_pending(services, endpoints);
         }
     }
 
@@ -101,6 +144,7 @@ impl SyncActor {
 
     fn start_sync(&mut self, full: bool, ctx: &mut Context<Self>) {
         let started = self.scheduler.on_start(Instant::now(), full);
+        self.pending.start();
         self.runner
             .send(RunSync { full })
             .into_actor(self)
@@ -116,6 +160,11 @@ impl SyncActor {
                 };
                 let ok = outcome.result.is_ok();
                 act.scheduler.on_finish(Instant::now(), started, ok);
+                act.pending.finish(ok);
+                act.publish_pending();
+                if let Some(m) = &act.metrics {
+                    m.sync_finished(&outcome);
+                }
                 log_outcome(&outcome, act.scheduler.failures());
                 let msg = SyncFinished {
                     outcome,
@@ -176,6 +225,11 @@ impl Handler<InitialStateComplete> for SyncActor {
 impl Handler<Delta> for SyncActor {
     type Result = ();
     fn handle(&mut self, msg: Delta, ctx: &mut Context<Self>) {
+        self.pending.queue(msg.1, msg.services());
+        self.publish_pending();
+        if let Some(m) = &self.metrics {
+            m.change_queued(SystemTime::now());
+        }
         self.runner.do_send(Patch(msg.0));
         let now = Instant::now();
         self.scheduler.on_change(now);

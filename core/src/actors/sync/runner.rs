@@ -4,11 +4,14 @@
 //! (or stalls) never blocks the async runtime that serves health checks and watches the API.
 //! Messages are handled in order, so a state patch never interleaves with a running sync.
 
-use super::store::StateStore;
+use super::{store::StateStore, summary::StateSummary};
 use crate::{plugin_host::Dataplane, topology::StateDelta};
 use actix::prelude::*;
 use kproxy_plugin_api::{PluginError, SyncReport};
-use std::time::{Duration, Instant, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 /// Patches the desired state; applied at the next sync.
 #[derive(Message)]
@@ -42,6 +45,14 @@ pub struct SyncOutcome {
     pub finished_at: SystemTime,
     /// How long the plugin call took.
     pub duration: Duration,
+    /// The `last-change-trigger-time`s of the slice changes this sync applied (empty when it
+    /// failed: they wait for the sync that does apply them).
+    pub trigger_times: Vec<SystemTime>,
+    /// Health-check ports and local-endpoint facts of the applied state; `None` when the
+    /// sync failed (the previous rules, and so the previous answers, still stand).
+    pub summary: Option<Arc<StateSummary>>,
+    /// The plugin's counters after the sync, as `(name, value)`.
+    pub plugin_stats: Option<Vec<(String, u64)>>,
 }
 
 /// The actor that owns the dataplane; see the module docs.
@@ -63,21 +74,45 @@ impl PluginRunner {
     /// Runs one sync; the plain logic behind the [`RunSync`] handler.
     pub fn run(&mut self, full: bool) -> SyncOutcome {
         let changes = self.store.change_set(full);
+        let mut trigger_times = self.store.take_trigger_times();
         let state = self.store.state();
         let started = Instant::now();
         let result = self.dataplane.sync(state, &changes);
         let duration = started.elapsed();
+        let ok = result.is_ok();
+        let summary = ok.then(|| Arc::new(StateSummary::of(state)));
+        let outcome_base = (
+            changes.full,
+            state.generation,
+            state.services.len(),
+            state.endpoint_count(),
+        );
+        if !ok {
+            self.store
+                .return_trigger_times(std::mem::take(&mut trigger_times));
+        }
+        let stats = self.dataplane.stats();
+        let plugin_stats = Some(
+            stats
+                .counters
+                .iter()
+                .map(|t| (t.0.to_string(), t.1))
+                .collect(),
+        );
         let outcome = SyncOutcome {
-            full: changes.full,
-            generation: state.generation,
-            services: state.services.len(),
-            endpoints: state.endpoint_count(),
+            full: outcome_base.0,
+            generation: outcome_base.1,
+            services: outcome_base.2,
+            endpoints: outcome_base.3,
             changed: changes.changed.len(),
             finished_at: SystemTime::now(),
             duration,
             result,
+            trigger_times,
+            summary,
+            plugin_stats,
         };
-        self.store.finish(&changes, outcome.result.is_ok());
+        self.store.finish(&changes, ok);
         outcome
     }
 }

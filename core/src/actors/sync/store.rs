@@ -8,7 +8,7 @@
 use crate::topology::StateDelta;
 use abi_stable::std_types::RVec;
 use kproxy_plugin_api::{ChangeSet, ProxyState, ServicePort, ServicePortKey};
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::SystemTime};
 
 /// The desired state plus the changes the plugin has not yet applied.
 #[derive(Debug, Default)]
@@ -16,6 +16,9 @@ pub struct StateStore {
     state: ProxyState,
     unapplied: BTreeSet<ServicePortKey>,
     needs_full: bool,
+    /// `last-change-trigger-time`s of the slice changes not yet applied, for
+    /// network-programming latency.
+    trigger_times: Vec<SystemTime>,
 }
 
 impl StateStore {
@@ -52,6 +55,19 @@ impl StateStore {
             self.unapplied.insert(port.key.clone());
             upsert(&mut self.state.services, port);
         }
+        self.trigger_times.extend(delta.trigger_times);
+    }
+
+    /// Takes the trigger times of every change applied so far, for a sync about to run; give
+    /// them back with [`StateStore::return_trigger_times`] if that sync fails.
+    pub fn take_trigger_times(&mut self) -> Vec<SystemTime> {
+        std::mem::take(&mut self.trigger_times)
+    }
+
+    /// Puts back trigger times a failed sync did not apply.
+    pub fn return_trigger_times(&mut self, mut times: Vec<SystemTime>) {
+        times.append(&mut self.trigger_times);
+        self.trigger_times = times;
     }
 
     /// Marks that the next sync must be full (periodic resync, or after a failure).
@@ -169,6 +185,27 @@ mod tests {
         assert!(!next.full);
         assert_eq!(next.changed.len(), 1);
         assert_eq!(next.changed[0].name.as_str(), "c");
+    }
+
+    #[test]
+    fn trigger_times_survive_a_failed_sync() {
+        let t = |s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let mut store = StateStore::new();
+        store.apply(StateDelta {
+            upserts: vec![port("a", 1)],
+            trigger_times: vec![t(1)],
+            ..Default::default()
+        });
+        let taken = store.take_trigger_times();
+        assert_eq!(taken, vec![t(1)]);
+        store.apply(StateDelta {
+            upserts: vec![port("b", 1)],
+            trigger_times: vec![t(2)],
+            ..Default::default()
+        });
+        store.return_trigger_times(taken);
+        assert_eq!(store.take_trigger_times(), vec![t(1), t(2)]);
+        assert!(store.take_trigger_times().is_empty());
     }
 
     #[test]
