@@ -39,6 +39,15 @@ const FIREWALL_CHECK: &str = "firewall-check";
 pub const REJECT_CHAIN: &str = "reject-chain";
 const NODEPORT_IPS: &str = "nodeport-ips";
 
+/// How a rejected packet is answered: TCP with a reset, everything else with the family's ICMP
+/// port unreachable (nft's plain `reject`). Upstream writes only `reject`, which answers TCP
+/// with an ICMP error too. A client sees `ECONNREFUSED` either way, but an ICMP error is
+/// rate-limited per destination, and a TCP socket ignores one that arrives while `connect()`
+/// still holds the socket, as the answer from the node itself or one veth hop away does: over
+/// IPv6 the connection was then refused only when the SYN was retransmitted a second later
+/// (kernel 6.18, `TcpExtLockDroppedIcmps`). A reset is a segment the socket always processes.
+const REJECT_RULES: [&str; 2] = ["meta l4proto tcp reject with tcp reset", "reject"];
+
 // Netfilter hook priorities: dstnat is -100, srcnat 100. Filter chains run just before and
 // just after DNAT so they see the original (service) destination.
 const PRIO_DSTNAT: i32 = -100;
@@ -376,13 +385,15 @@ pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut Script<'_>) {
     s.add_rule(MASQUERADING, &format!("mark set mark xor {mark}"));
     s.add_rule(MASQUERADING, "masquerade fully-random");
 
-    s.add_rule(
-        CLUSTER_IPS_CHECK,
-        &format!(
-            "{ip} daddr @{} reject comment \"Reject traffic to invalid ports of ClusterIPs\"",
-            Container::ClusterIps.name()
-        ),
-    );
+    for reject in REJECT_RULES {
+        s.add_rule(
+            CLUSTER_IPS_CHECK,
+            &format!(
+                "{ip} daddr @{} {reject} comment \"Reject traffic to invalid ports of ClusterIPs\"",
+                Container::ClusterIps.name()
+            ),
+        );
+    }
     let service_cidrs = ctx.cidrs(ctx.settings.service_cidrs.iter());
     if !service_cidrs.is_empty() {
         s.add_rule(
@@ -394,7 +405,9 @@ pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut Script<'_>) {
         );
     }
 
-    s.add_rule(REJECT_CHAIN, "reject");
+    for reject in REJECT_RULES {
+        s.add_rule(REJECT_CHAIN, reject);
+    }
     s.add_rule(
         SERVICE_ENDPOINTS_CHECK,
         &format!(

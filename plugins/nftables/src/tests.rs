@@ -341,6 +341,11 @@ fn full_plan_is_deterministic_and_has_every_piece() {
     assert!(s.contains("add rule ip kproxy masquerading masquerade fully-random"));
     assert!(s.contains("add rule ip kproxy mark-for-masquerade mark set mark or 0x00004000"));
     assert!(s.contains("ip daddr { 10.96.0.0/16 } drop"));
+    // TCP is rejected with a reset, everything else with ICMP.
+    assert!(s.contains(
+        "add rule ip kproxy reject-chain meta l4proto tcp reject with tcp reset\n\
+         add rule ip kproxy reject-chain reject\n"
+    ));
     assert_eq!(s.matches(" : goto service-").count(), 50);
     assert_eq!(a.programs[0].ports.len(), 50);
     for line in s.lines() {

@@ -33,6 +33,13 @@ fn lab() -> Option<(Netns, Netns)> {
     node.exec(&["ip", "addr", "add", "10.244.1.1/24", "dev", &veth_node]);
     node.exec(&["ip", "link", "set", &veth_node, "up"]);
     node.exec(&["ip", "route", "add", "10.96.0.0/16", "dev", &veth_node]);
+    // IPv6 only as far as the node: enough to see how a rejected connection is answered.
+    for cmd in [
+        format!("ip -6 addr add fd00:244:0:1::1/64 dev {veth_node} nodad"),
+        format!("ip -6 route add fd00:96::/112 dev {veth_node}"),
+    ] {
+        node.exec(&cmd.split(' ').collect::<Vec<_>>());
+    }
     pod.exec(&["ip", "link", "set", &veth_pod, "name", "eth0"]);
     pod.exec(&["ip", "addr", "add", &format!("{POD_A}/24"), "dev", "eth0"]);
     pod.exec(&["ip", "addr", "add", &format!("{POD_B}/24"), "dev", "eth0"]);
@@ -49,7 +56,13 @@ fn state(endpoints: &[&str]) -> ProxyState {
         dns = dns.endpoint(ep, 5353, true);
     }
     let empty = PortBuilder::new("default", "empty", "", Protocol::Tcp, "10.96.0.40", 80);
-    sample::state(vec![web.build(), dns.build(), empty.build()])
+    let empty6 = PortBuilder::new("default", "empty6", "", Protocol::Tcp, "fd00:96::40", 80);
+    sample::state(vec![
+        web.build(),
+        dns.build(),
+        empty.build(),
+        empty6.build(),
+    ])
 }
 
 /// What a TCP request to `addr` got.
@@ -146,6 +159,11 @@ fn packets_follow_the_rules() {
                 assert_eq!(request("10.96.0.40:80"), Outcome::Refused);
                 assert_eq!(request("10.96.0.10:81"), Outcome::Refused);
                 assert_eq!(request("10.96.7.7:80"), Outcome::TimedOut);
+                // IPv6 too, at once: an ICMPv6 error that reaches the connecting socket while
+                // connect() still holds it is ignored, so TCP must be answered with a reset.
+                for _ in 0..3 {
+                    assert_eq!(request("[fd00:96::40]:80"), Outcome::Refused);
+                }
 
                 // UDP: one flow, then its endpoint goes away; the stale conntrack entry must
                 // be deleted so the same client socket reaches the remaining endpoint.
