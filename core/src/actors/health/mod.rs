@@ -359,3 +359,108 @@ impl Handler<AskService> for HealthCheckActor {
         MessageResult(Some(services::answer(&msg.0, count, healthy)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A clock that moves only when told to.
+    struct ManualClock {
+        base: Instant,
+        wall: SystemTime,
+        offset: Mutex<Duration>,
+    }
+
+    impl ManualClock {
+        fn advance(&self, d: Duration) {
+            *self.offset.lock().unwrap() += d;
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            self.base + *self.offset.lock().unwrap()
+        }
+        fn wall(&self) -> SystemTime {
+            self.wall + *self.offset.lock().unwrap()
+        }
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[test]
+    fn healthz_over_http_follows_the_injected_clock_and_listener() {
+        actix::System::new().block_on(async {
+            let clock = Arc::new(ManualClock {
+                base: Instant::now(),
+                wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                offset: Mutex::new(Duration::ZERO),
+            });
+            // The caller binds (port 0 here) and hands the listener over.
+            let listener = http::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let metrics = Arc::new(Metrics::new(&[IpFamily::V4], "test"));
+            let actor = HealthCheckActor::new(
+                HealthConfig {
+                    timeout: Duration::from_secs(60),
+                    families: vec![IpFamily::V4],
+                    healthz: Some(listener),
+                    node_port_addresses: vec![],
+                },
+                clock.clone(),
+                Some(metrics.clone()),
+            )
+            .start();
+
+            let (status, body) = get(addr, "/healthz").await;
+            assert_eq!(status, 200, "healthy while starting");
+            assert_eq!(body["currentTime"], "2023-11-14T22:13:20Z");
+
+            actor
+                .send(ChangeQueued {
+                    pending_since: clock.now(),
+                })
+                .await
+                .unwrap();
+            clock.advance(Duration::from_secs(59));
+            assert_eq!(get(addr, "/healthz").await.0, 200);
+            clock.advance(Duration::from_secs(1));
+            let (status, body) = get(addr, "/livez").await;
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["currentTime"], "2023-11-14T22:14:20Z");
+            assert_eq!(get(addr, "/healthz").await.0, 503);
+            assert_eq!(get(addr, "/nope").await.0, 404);
+
+            let text = metrics.encode_prometheus();
+            assert!(
+                text.contains("kubeproxy_proxy_healthz_total{code=\"503\"} 1\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains("kubeproxy_proxy_healthz_total{code=\"200\"} 2\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains("kubeproxy_proxy_livez_total{code=\"503\"} 1\n"),
+                "{text}"
+            );
+        });
+    }
+}

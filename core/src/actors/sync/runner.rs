@@ -74,44 +74,39 @@ impl PluginRunner {
     /// Runs one sync; the plain logic behind the [`RunSync`] handler.
     pub fn run(&mut self, full: bool) -> SyncOutcome {
         let changes = self.store.change_set(full);
-        let mut trigger_times = self.store.take_trigger_times();
+        let trigger_times = self.store.take_trigger_times();
         let state = self.store.state();
         let started = Instant::now();
         let result = self.dataplane.sync(state, &changes);
         let duration = started.elapsed();
         let ok = result.is_ok();
-        let summary = ok.then(|| Arc::new(StateSummary::of(state)));
-        let outcome_base = (
-            changes.full,
-            state.generation,
-            state.services.len(),
-            state.endpoint_count(),
-        );
-        if !ok {
-            self.store
-                .return_trigger_times(std::mem::take(&mut trigger_times));
-        }
-        let stats = self.dataplane.stats();
-        let plugin_stats = Some(
-            stats
-                .counters
-                .iter()
-                .map(|t| (t.0.to_string(), t.1))
-                .collect(),
-        );
-        let outcome = SyncOutcome {
-            full: outcome_base.0,
-            generation: outcome_base.1,
-            services: outcome_base.2,
-            endpoints: outcome_base.3,
+        let mut outcome = SyncOutcome {
+            full: changes.full,
+            generation: state.generation,
+            services: state.services.len(),
+            endpoints: state.endpoint_count(),
             changed: changes.changed.len(),
             finished_at: SystemTime::now(),
             duration,
             result,
-            trigger_times,
-            summary,
-            plugin_stats,
+            trigger_times: Vec::new(),
+            // Computed here, where the state lives, so subscribers need no copy of it.
+            summary: ok.then(|| Arc::new(StateSummary::of(state))),
+            plugin_stats: Some(
+                self.dataplane
+                    .stats()
+                    .counters
+                    .iter()
+                    .map(|t| (t.0.to_string(), t.1))
+                    .collect(),
+            ),
         };
+        if ok {
+            outcome.trigger_times = trigger_times;
+        } else {
+            // Not applied: their latency is measured by the sync that does apply them.
+            self.store.return_trigger_times(trigger_times);
+        }
         self.store.finish(&changes, ok);
         outcome
     }
