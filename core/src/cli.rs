@@ -1,4 +1,4 @@
-//! The command line: `kproxy run | plugins | cleanup | check-config | version`.
+//! The command line: `kproxy run | plugins | cleanup | check-config | demo | version`.
 //!
 //! Every command that needs the configuration loads and validates it first, so a bad file, value
 //! or plugin stops the process before anything else happens. Exit codes:
@@ -12,7 +12,7 @@
 
 use crate::{
     config::{self, Config, ConfigError, LoadOptions, Overrides},
-    daemon, logging,
+    daemon, demo, logging,
     plugin_host::{LoadError, LoadedPlugin, PluginHost},
     source::SourceError,
 };
@@ -75,6 +75,14 @@ enum Command {
     },
     /// Check the config file and the active plugin's section, then exit.
     CheckConfig,
+    /// Show kproxy balancing real traffic to a ClusterIP and a NodePort in a sandbox of network
+    /// namespaces (needs root), then remove the sandbox. Plugins come from `--plugin-dir`, else
+    /// this binary's folder when it holds the nftables plugin, else /usr/lib/kproxy.
+    Demo {
+        /// Requests sent to each address in each round.
+        #[arg(long, default_value_t = demo::DEFAULT_REQUESTS as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        requests: u32,
+    },
     /// Print kproxy's version and plugin interface version.
     Version,
 }
@@ -128,6 +136,11 @@ pub fn main_with(
         Command::CheckConfig => with_config(&options, check_config),
         Command::Plugins => with_config(&options, plugins),
         Command::Cleanup { all } => with_config(&options, |c| cleanup(c, all)),
+        // The demo writes its own config; it reads no file and only takes `--plugin-dir`.
+        Command::Demo { requests } => demo::run(&demo::DemoOptions {
+            requests: requests as usize,
+            plugin_dir: options.overrides.plugin_dir.clone(),
+        }),
     }
 }
 

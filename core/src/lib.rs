@@ -15,11 +15,13 @@
 //! - [`metrics`]: the Prometheus registry with kube-proxy's metric names, and the HTTP serving
 //!   that `/metrics`, `/healthz` and the health-check node ports share.
 //! - [`daemon`]: wires it all together for `kproxy run`; [`cli`] is the command line.
+//! - [`demo`]: `kproxy demo`, the daemon balancing real traffic in a sandbox of namespaces.
 
 pub mod actors;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod host;
 pub mod logging;
 pub mod metrics;

@@ -33,7 +33,7 @@ use std::{
     process::{Child, Command, Output},
     sync::{
         atomic::{AtomicU32, Ordering},
-        Mutex, Once,
+        Mutex,
     },
     time::Duration,
 };
@@ -141,9 +141,10 @@ pub struct Lab {
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-static SWEEP: Once = Once::new();
-/// Every lab namespace name starts with this.
-const PREFIX: &str = "kpl-";
+/// The name prefixes whose stale labs this process has swept already.
+static SWEPT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Every test lab's namespace names start with this.
+pub const PREFIX: &str = "kpl-";
 
 fn check_name(name: &str) -> Result<(), LabError> {
     let ok = !name.is_empty()
@@ -167,10 +168,18 @@ pub fn privileges() -> Result<(), String> {
 }
 
 /// Deletes namespaces left by lab processes that no longer exist (killed before their labs
-/// could drop). Only names of the lab's own pattern `kpl-<pid>-…` with a dead pid are touched.
-fn sweep_stale() {
+/// could drop). Only names of the lab's own pattern `<prefix><pid>-…` with a dead pid are
+/// touched; each prefix is swept once per process.
+fn sweep_stale(prefix: &str) {
+    {
+        let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+        if swept.iter().any(|p| p == prefix) {
+            return;
+        }
+        swept.push(prefix.to_string());
+    }
     for name in netns::list() {
-        let Some(rest) = name.strip_prefix(PREFIX) else {
+        let Some(rest) = name.strip_prefix(prefix) else {
             continue;
         };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
@@ -201,15 +210,27 @@ impl Lab {
         }
     }
 
-    /// Builds a lab: namespaces, links, addresses, routes, and servers in every pod.
+    /// Builds a lab: namespaces, links, addresses, routes, and servers in every pod. Its
+    /// namespace names start with [`PREFIX`].
     pub fn new(config: LabConfig) -> Result<Lab, LabError> {
+        Lab::with_prefix(PREFIX, config)
+    }
+
+    /// [`Lab::new`] with namespace names starting with `prefix` (e.g. `kproxy-demo-`) instead
+    /// of [`PREFIX`], so a user of the lab other than the tests (the demo) can tell its own
+    /// namespaces apart. Names are `<prefix><pid>-<n>-<role>`; namespaces of that pattern left
+    /// by a dead process are deleted first.
+    pub fn with_prefix(prefix: &str, config: LabConfig) -> Result<Lab, LabError> {
         privileges().map_err(LabError::NoPrivileges)?;
         for name in config.local_pods.iter().chain(&config.remote_pods) {
             check_name(name)?;
         }
-        SWEEP.call_once(sweep_stale);
+        if !prefix.ends_with('-') || check_name(prefix.trim_end_matches('-')).is_err() {
+            return Err(LabError::BadName(prefix.into()));
+        }
+        sweep_stale(prefix);
         let prefix = format!(
-            "{PREFIX}{}-{}",
+            "{prefix}{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
@@ -477,7 +498,7 @@ impl Lab {
         &self.config
     }
 
-    /// The prefix every namespace name of this lab starts with (`kpl-<pid>-<n>`).
+    /// The prefix every namespace name of this lab starts with (`kpl-<pid>-<n>` for a test lab).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
