@@ -1,5 +1,7 @@
 //! The Sync actor: decides when to sync ([`scheduler`]), and hands the work to the sync thread
-//! ([`runner`]) that owns the dataplane and the desired state ([`store`]).
+//! ([`runner`]) that owns the dataplane and the desired state ([`store`]). After a successful
+//! sync the runner summarises the applied state for the health checks and metrics
+//! ([`summary`]); the actor records sync metrics and tells its subscribers.
 
 pub mod runner;
 pub mod scheduler;
