@@ -199,9 +199,6 @@ fn a_cut_watch_resumes_and_an_expired_resource_version_relists() {
     assert!(s.api.wait_for_watches(Kind::EndpointSlice, 1, WAIT));
 
     // Cut every watch mid-stream: the daemon resumes and sees later changes.
-    let lists_before = s
-        .api
-        .request_count(kproxy_tests::apiserver::Verb::List, Kind::EndpointSlice);
     s.api.drop_watches();
     s.api.apply(&slice("a-1", "a", &["10.244.1.3"])).unwrap();
     s.rec.wait_for(
@@ -210,19 +207,19 @@ fn a_cut_watch_resumes_and_an_expired_resource_version_relists() {
         has_endpoints("default/a", &["10.244.1.3"]),
     );
 
-    // Expire the history and cut again: the daemon relists and converges, including on a
-    // change made while it could not watch and on a deletion it never saw as an event.
-    s.api
-        .apply(&service("b", "10.96.0.12", &[("http", 80, "TCP")]))
-        .unwrap();
-    s.rec
-        .wait_for("b", WAIT, |r| r.port("default/b", "http").is_some());
+    // Changes the daemon cannot watch, then the history expires: when it reconnects, its
+    // resourceVersion is gone (410), so it must relist — and converge, including on a deletion
+    // it never saw as an event.
+    s.api.apply(&service("b", "10.96.0.12", &[("http", 80, "TCP")])).unwrap();
+    s.rec.wait_for("b", WAIT, |r| r.port("default/b", "http").is_some());
+    let lists_before = s
+        .api
+        .request_count(kproxy_tests::apiserver::Verb::List, Kind::EndpointSlice);
+    s.api.pause();
     s.api.delete(Kind::Service, "default", "b").unwrap();
-    s.api
-        .apply(&slice("a-1", "a", &["10.244.1.4", "10.244.1.5"]))
-        .unwrap();
+    s.api.apply(&slice("a-1", "a", &["10.244.1.4", "10.244.1.5"])).unwrap();
     s.api.compact();
-    s.api.drop_watches();
+    s.api.resume().unwrap();
     let after = s.rec.wait_for("converged after relist", WAIT, |r| {
         endpoint_ips(r, "default/a", "http") == ["10.244.1.4", "10.244.1.5"]
             && r.port("default/b", "http").is_none()
