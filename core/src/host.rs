@@ -17,10 +17,10 @@ pub fn node_name(hostname_override: &str) -> String {
         .to_lowercase()
 }
 
-/// Every global unicast address on this network namespace's interfaces (no loopback, no
-/// link-local), sorted and unique.
-pub fn local_addresses() -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+/// Every address on this network namespace's interfaces, loopback and link-local included,
+/// sorted and unique (a `node_port_addresses` of `127.0.0.0/8` is legitimate, as upstream).
+pub fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = nix::ifaddrs::getifaddrs()
         .map(|addrs| {
             addrs
                 .filter_map(|a| a.address)
@@ -28,22 +28,29 @@ pub fn local_addresses() -> Vec<IpAddr> {
                     if let Some(v4) = sa.as_sockaddr_in() {
                         Some(SocketAddr::V4((*v4).into()).ip())
                     } else {
-                        sa.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()).ip())
+                        sa.as_sockaddr_in6()
+                            .map(|v6| SocketAddr::V6((*v6).into()).ip())
                     }
                 })
-                .filter(|ip| match ip {
-                    std::net::IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
-                    std::net::IpAddr::V6(v6) => {
-                        !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80
-                    }
-                })
-                .map(IpAddr::from)
                 .collect()
         })
         .unwrap_or_default();
     out.sort();
     out.dedup();
     out
+}
+
+/// The node's own addresses as a Node object would list them: every global address on this
+/// network namespace's interfaces (no loopback, no link-local), sorted and unique.
+pub fn local_addresses() -> Vec<IpAddr> {
+    interface_addresses()
+        .into_iter()
+        .filter(|ip| match ip {
+            std::net::IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .map(IpAddr::from)
+        .collect()
 }
 
 /// Node facts from the machine alone; the Node object, when a source has one, refines them.

@@ -179,7 +179,7 @@ impl HealthCheckActor {
             return;
         }
         let addresses =
-            services::bind_addresses(&self.node_port_addresses, &services::interface_addresses());
+            services::bind_addresses(&self.node_port_addresses, &crate::host::interface_addresses());
         for (svc, port) in plan.open {
             match self.open_service(&svc, port, &addresses, ctx) {
                 Ok(servers) => {

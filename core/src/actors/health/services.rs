@@ -10,7 +10,7 @@ use crate::{actors::sync::summary::HealthCheckService, model::NamespacedName};
 use kproxy_plugin_api::Cidr;
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr},
 };
 
 /// What to change so the open ports match the wanted ones.
@@ -54,29 +54,6 @@ pub fn bind_addresses(node_port_addresses: &[Cidr], interface_addresses: &[IpAdd
         .copied()
         .filter(|ip| node_port_addresses.iter().any(|c| c.contains((*ip).into())))
         .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// Every address on this network namespace's interfaces, loopback included (a
-/// `node_port_addresses` of `127.0.0.0/8` is legitimate, as upstream).
-pub fn interface_addresses() -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
-        .map(|addrs| {
-            addrs
-                .filter_map(|a| a.address)
-                .filter_map(|sa| {
-                    if let Some(v4) = sa.as_sockaddr_in() {
-                        Some(SocketAddr::V4((*v4).into()).ip())
-                    } else {
-                        sa.as_sockaddr_in6()
-                            .map(|v6| SocketAddr::V6((*v6).into()).ip())
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     out.sort();
     out.dedup();
     out
