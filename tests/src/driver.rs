@@ -1,29 +1,22 @@
 //! The packet-flow table's driver for the real daemon: `kproxy run` inside the lab's node
 //! namespace, reading a manifest folder, with a real dataplane plugin.
 //!
-//! [`DaemonDriver::apply`] writes the case's objects as one manifest file (atomically, so the
-//! daemon sees the whole set in one change) together with a *sync marker*: a Service without
-//! endpoints whose cluster IP changes with every apply. Once a packet from the node to that IP
-//! is rejected (upstream programs REJECT for a service with no endpoints, while an unallocated
-//! address in the service CIDR is dropped), the sync that carried the whole file has reached
-//! the kernel. The marker is proven with real packets, so the driver works for every dataplane
-//! without knowing how it stores rules.
+//! [`DaemonDriver::apply`] writes the case's objects as one manifest file together with a sync
+//! marker and waits until the marker is rejected ([`sync_marker`]), so it works for every
+//! dataplane without knowing how it stores rules.
 
 use crate::{
     daemon::{Daemon, DaemonSpec},
     flows::{ConfigOverrides, ServiceDriver},
     lab::{
-        client::{Outcome, RequestOptions},
         plan::{CLUSTER_CIDR_V4, CLUSTER_CIDR_V6, NODE_NAME, SERVICE_CIDR_V4, SERVICE_CIDR_V6},
-        Lab, Place,
+        sync_marker, Lab, Place,
     },
 };
 use anyhow::Context as _;
-use kproxy_plugin_api::{Capabilities, Protocol};
-use serde_json::{json, Value};
+use kproxy_plugin_api::Capabilities;
+use serde_json::Value;
 use std::{
-    fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -137,49 +130,21 @@ manifest_dir = "{}"
         Ok(())
     }
 
-    /// The marker's cluster IP for apply number `n`: cycles through 10.96.255.10–209, so the
-    /// previous apply's marker is never the current one.
-    fn marker_ip(n: u32) -> Ipv4Addr {
-        Ipv4Addr::new(10, 96, 255, 10 + (n % 200) as u8)
-    }
-
-    fn marker(n: u32) -> Value {
-        let ip = Self::marker_ip(n).to_string();
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "kproxy-sync-marker", "namespace": "kproxy-test"},
-            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
-                     "ports": [{"name": "marker", "port": 1, "protocol": "TCP", "targetPort": 1}]}
-        })
-    }
-
     fn wait_for_marker(&mut self, n: u32) -> anyhow::Result<()> {
-        let dst = SocketAddr::new(IpAddr::V4(Self::marker_ip(n)), 1);
-        let opts = RequestOptions {
-            src: None,
-            src_port: None,
-            timeout: Duration::from_millis(150),
-        };
         let deadline = Instant::now() + SYNC_TIMEOUT;
-        loop {
-            match self
-                .lab
-                .request_with(&Place::Node, dst, Protocol::Tcp, &opts)
-            {
-                Outcome::Refused => return Ok(()),
-                other => {
-                    if let Some(d) = &mut self.daemon {
-                        anyhow::ensure!(d.is_running(), "kproxy exited; its log:\n{}", d.log());
-                    }
-                    anyhow::ensure!(
-                        Instant::now() < deadline,
-                        "the daemon did not program apply #{n} within {SYNC_TIMEOUT:?} \
-                         (marker {dst} answered {other:?}); log:\n{}",
-                        self.log()
-                    );
-                }
+        while !sync_marker::is_programmed(self.lab, n) {
+            if let Some(d) = &mut self.daemon {
+                anyhow::ensure!(d.is_running(), "kproxy exited; its log:\n{}", d.log());
             }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the daemon did not program apply #{n} within {SYNC_TIMEOUT:?} (marker {} not \
+                 rejected); log:\n{}",
+                sync_marker::marker_ip(n),
+                self.log()
+            );
         }
+        Ok(())
     }
 }
 
@@ -212,15 +177,15 @@ impl ServiceDriver for DaemonDriver<'_> {
         self.ensure_running()?;
         self.applies += 1;
         let n = self.applies;
-        let mut text = String::new();
-        for obj in objects.iter().chain(std::iter::once(&Self::marker(n))) {
-            text.push_str("---\n");
-            text.push_str(&serde_json::to_string(obj)?);
-            text.push('\n');
-        }
-        let tmp = self.manifests.path().join(".objects.yaml.tmp");
-        fs::write(&tmp, text).context("write manifest")?;
-        fs::rename(&tmp, self.manifests.path().join("objects.yaml")).context("rename manifest")?;
+        let mut objects = objects.to_vec();
+        objects.push(sync_marker::marker_service("kproxy-test", n));
+        sync_marker::write_manifest(
+            self.manifests.path(),
+            "objects.yaml",
+            "written by the packet-flow driver",
+            &objects,
+        )
+        .context("write manifest")?;
         self.wait_for_marker(n)
     }
 }

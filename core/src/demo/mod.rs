@@ -37,7 +37,7 @@ use interrupt::{Interrupt, Interrupted};
 use kproxy_lab::{
     client::{self, Outcome, RequestOptions},
     plan::{CLUSTER_CIDR_V4, NODE_NAME, SERVICE_CIDR_V4},
-    Lab, LabConfig, LabError, Place,
+    sync_marker, Lab, LabConfig, LabError, Place,
 };
 use kproxy_plugin_api::Protocol;
 use objects::Backend;
@@ -249,17 +249,20 @@ impl Files {
             objects::service(),
             objects::endpoint_slice(backends, NODE_NAME),
             node.clone(),
-            objects::marker(n),
+            sync_marker::marker_service("kproxy-demo", n),
         ];
         let target = self.manifests.join("demo.yaml");
         let write_err = |e: String| DaemonError::Write {
             path: target.clone(),
             reason: e,
         };
-        let text = objects::to_yaml(&objects).map_err(|e| write_err(e.to_string()))?;
-        let tmp = self.manifests.join(".demo.yaml.tmp");
-        fs::write(&tmp, text).map_err(|e| write_err(e.to_string()))?;
-        fs::rename(&tmp, &target).map_err(|e| write_err(e.to_string()))
+        sync_marker::write_manifest(
+            &self.manifests,
+            "demo.yaml",
+            "Written by `kproxy demo`; removed when the demo ends.",
+            &objects,
+        )
+        .map_err(|e| write_err(e.to_string()))
     }
 }
 
@@ -557,12 +560,6 @@ fn wait_for_sync(
     interrupt: &Interrupt,
 ) -> Result<Duration, DemoError> {
     let start = Instant::now();
-    let dst = SocketAddr::new(IpAddr::V4(objects::marker_ip(n)), 1);
-    let opts = RequestOptions {
-        src: None,
-        src_port: None,
-        timeout: Duration::from_millis(150),
-    };
     loop {
         interrupt.check()?;
         if let Some(status) = daemon.exited() {
@@ -571,7 +568,7 @@ fn wait_for_sync(
                 daemon.log_tail(30)
             )));
         }
-        if lab.request_with(&Place::Node, dst, Protocol::Tcp, &opts) == Outcome::Refused {
+        if sync_marker::is_programmed(lab, n) {
             return Ok(start.elapsed());
         }
         if start.elapsed() > SYNC_TIMEOUT {

@@ -1,14 +1,9 @@
 //! The Kubernetes objects the demo feeds the daemon: one Service with a ClusterIP and a
-//! NodePort, its EndpointSlice, this node's Node, and a sync marker.
+//! NodePort, its EndpointSlice and this node's Node.
 //!
 //! Pure data, so the objects are checked against the real API types without root. They are
-//! written as one multi-document YAML file, replaced atomically, so the daemon's manifest source
-//! always sees a whole set.
-//!
-//! The *sync marker* is a Service without endpoints whose cluster IP changes with every write.
-//! The dataplane rejects traffic to a service with no endpoints, so once a connection from the
-//! node to the marker is refused, the sync that carried the whole file has reached the kernel
-//! (the same proof the packet-flow suite uses; it needs no knowledge of how rules are stored).
+//! written, with a sync marker, by `kproxy_lab::sync_marker` (the same proof of programming
+//! the packet-flow suite uses).
 
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
@@ -91,38 +86,6 @@ pub fn endpoint_slice(backends: &[Backend], node: &str) -> Value {
     })
 }
 
-/// The marker's cluster IP for write number `n`: cycles through 10.96.255.10–209, so the
-/// previous write's marker is never the current one.
-pub fn marker_ip(n: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 96, 255, 10 + (n % 200) as u8)
-}
-
-/// The sync marker for write number `n` (see the module docs).
-pub fn marker(n: u32) -> Value {
-    let ip = marker_ip(n).to_string();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "sync-marker", "namespace": "kproxy-demo"},
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIP": ip,
-            "clusterIPs": [ip],
-            "ports": [{"name": "marker", "port": 1, "protocol": "TCP", "targetPort": 1}],
-        },
-    })
-}
-
-/// `objects` as one multi-document YAML text.
-pub fn to_yaml(objects: &[Value]) -> Result<String, yaml_serde::Error> {
-    let mut text = String::from("# Written by `kproxy demo`; removed when the demo ends.\n");
-    for obj in objects {
-        text.push_str("---\n");
-        text.push_str(&yaml_serde::to_string(obj)?);
-    }
-    Ok(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,25 +130,5 @@ mod tests {
             .all(|e| e.node_name.as_deref() == Some("n1")));
         let empty: EndpointSlice = serde_json::from_value(endpoint_slice(&[], "n1")).unwrap();
         assert!(empty.endpoints.is_empty());
-    }
-
-    #[test]
-    fn markers_differ_from_one_write_to_the_next() {
-        assert_ne!(marker_ip(1), marker_ip(2));
-        assert_ne!(marker_ip(199), marker_ip(200));
-        let m: Service = serde_json::from_value(marker(3)).unwrap();
-        assert_eq!(m.spec.unwrap().cluster_ip, Some(marker_ip(3).to_string()));
-    }
-
-    #[test]
-    fn the_yaml_text_round_trips() {
-        let objs = vec![service(), endpoint_slice(&backends(), "n1"), marker(1)];
-        let text = to_yaml(&objs).unwrap();
-        let back: Vec<Value> = text
-            .split("\n---\n")
-            .skip(1)
-            .map(|doc| yaml_serde::from_str(doc).unwrap())
-            .collect();
-        assert_eq!(back, objs);
     }
 }

@@ -22,6 +22,7 @@ pub mod client;
 pub mod netns;
 pub mod plan;
 pub mod server;
+pub mod sync_marker;
 
 pub use client::{Outcome, RequestOptions, Tally};
 pub use plan::{DualStack, Plan, PodHost, PodPlan};
