@@ -23,6 +23,7 @@ pub mod netns;
 pub mod plan;
 pub mod server;
 pub mod sync_marker;
+pub mod vm;
 
 pub use client::{Outcome, RequestOptions, Tally};
 pub use plan::{DualStack, Plan, PodHost, PodPlan};
