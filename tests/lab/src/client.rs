@@ -33,7 +33,8 @@ pub enum Outcome {
     /// No answer within the timeout: the packet (or its answer) was dropped.
     TimedOut,
     /// `EPERM` on send: the sender's own firewall dropped the packet on its way out (a DROP in
-    /// the output path of the namespace the request was sent from).
+    /// the output path of the namespace the request was sent from). A UDP request rejected
+    /// there counts as [`Outcome::Refused`]: its ICMP error is waiting on the socket.
     DroppedLocally,
     /// Anything else (unreachable, reset after connecting, a reply that is not an answer line,
     /// a socket the kernel cannot make).
@@ -177,7 +178,16 @@ fn udp_request(dst: SocketAddr, opts: &RequestOptions) -> Outcome {
         return Outcome::Other(e.to_string());
     }
     if let Err(e) = sock.send(b"hello\n") {
-        return classify(e);
+        return match classify(e) {
+            // A REJECT in the sender's own output path fails the send with EPERM, as a DROP
+            // does; but the REJECT's ICMP port unreachable has already reached this (connected)
+            // socket by the time `send` returns, as its pending error.
+            Outcome::DroppedLocally => match sock.take_error() {
+                Ok(Some(e)) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Outcome::Refused,
+                _ => Outcome::DroppedLocally,
+            },
+            other => other,
+        };
     }
     let mut buf = [0u8; 512];
     match sock.recv(&mut buf) {

@@ -6,7 +6,15 @@ use super::service::Addresses;
 use crate::lab::{client::Tally, Lab};
 use kproxy_plugin_api::Capabilities;
 use serde_json::Value;
-use std::{collections::BTreeSet, fmt, net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+/// How long a health-check node port may take to reflect a step after the dataplane has it.
+const HEALTH_CHECK_SETTLE: Duration = Duration::from_secs(3);
 
 /// Gets a case's objects into the dataplane under test. Implemented by whoever runs a dataplane
 /// in the lab's node namespace (e.g. the kproxy daemon on a manifest folder).
@@ -238,11 +246,20 @@ fn run_probe(
     let target_port = step.service.ports[probe.port].target_port;
     let fail = |got: String| Err((sent.clone(), got));
     match expect {
-        Expect::HttpStatus(want) => match lab.http_status(&place, dst, "/healthz", bind) {
-            Ok(code) if code == *want => Ok(()),
-            Ok(code) => fail(format!("HTTP {code}")),
-            Err(o) => fail(o.to_string()),
-        },
+        Expect::HttpStatus(want) => {
+            // The driver knows when the dataplane has the step; the health-check server is
+            // updated after that sync (as upstream's), so ask until it answers as wanted.
+            let deadline = Instant::now() + HEALTH_CHECK_SETTLE;
+            loop {
+                let got = lab.http_status(&place, dst, "/healthz", bind);
+                match got {
+                    Ok(code) if code == *want => return Ok(()),
+                    _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                    Ok(code) => return fail(format!("HTTP {code}")),
+                    Err(o) => return fail(o.to_string()),
+                }
+            }
+        }
         Expect::AffinityExpires {
             pods,
             rounds,
