@@ -43,7 +43,7 @@ fn run(ns: &str, services: usize, endpoints: usize) {
         node: &node,
     };
     let t = Instant::now();
-    let plan = plan::plan_full(&[ctx], &[], &state, &Default::default());
+    let plan = plan::plan_full_script(&[ctx], &[], &state, &Default::default());
     let render = t.elapsed();
     println!(
         "{services} services x {endpoints} endpoints: script {} KiB, {} objects; render {:.1} ms",

@@ -17,6 +17,7 @@ pub mod names;
 pub mod nft;
 pub mod plan;
 pub mod render;
+pub mod rule;
 pub mod sample;
 pub mod script;
 
@@ -151,7 +152,7 @@ impl NftablesDataplane {
                 AffinitySnapshot::default()
             };
             let disabled: Vec<(IpFamily, &str)> = disabled.iter().map(|f| (*f, table)).collect();
-            let plan = plan::plan_full(&ctxs, &disabled, state, &snapshot);
+            let plan = plan::plan_full_script(&ctxs, &disabled, state, &snapshot);
             self.nft.apply(&plan.script)?;
             self.programs = Some(plan.programs);
             (plan.script.len(), plan.objects)
@@ -159,9 +160,9 @@ impl NftablesDataplane {
             let programs = self.programs.as_mut().expect("checked above");
             let mut script = String::new();
             let mut objects = 0;
+            let mut sink = script::Script::empty(&mut script);
             for (ctx, program) in ctxs.iter().zip(programs.iter_mut()) {
-                objects +=
-                    plan::plan_incremental(ctx, state, &changes.changed, program, &mut script);
+                objects += plan::plan_incremental(ctx, state, &changes.changed, program, &mut sink);
             }
             if script.is_empty() {
                 self.counters.noop_syncs += 1;

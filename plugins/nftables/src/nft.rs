@@ -177,9 +177,9 @@ fn parse_affinity_sets(
                 ),
                 None => (elem.as_str(), 0),
             };
-            if let Some(client) = client {
+            if let Some(client) = client.and_then(|c| c.parse::<std::net::IpAddr>().ok()) {
                 entries.push(AffinityEntry {
-                    client: client.to_string(),
+                    client: client.into(),
                     expires,
                 });
             }
@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(
             entries,
             &vec![AffinityEntry {
-                client: "1.2.3.4".into(),
+                client: "1.2.3.4".parse::<std::net::IpAddr>().unwrap().into(),
                 expires: 98
             }]
         );

@@ -1,5 +1,6 @@
-//! Turns rendered objects into one `nft -f` script per sync, and remembers what was written so
-//! the next incremental sync touches only what changed.
+//! Turns rendered objects into one transaction per sync (written to a [`Sink`]: an `nft -f`
+//! script or a netlink batch), and remembers what was written so the next incremental sync
+//! touches only what changed.
 //!
 //! A full sync re-creates each family's table from scratch in one transaction (so a hand-edited
 //! table is put right) and carries ClientIP affinity entries across from a snapshot. An
@@ -7,10 +8,11 @@
 //! [`FamilyProgram`]; it ends with exactly what a full sync of the same state would write.
 
 use crate::{
-    render::{self, affinity_set_body, Container, Element, FamilyCtx, PortObjects},
-    script::Script,
+    render::{self, affinity_set_spec, Container, Element, FamilyCtx, PortObjects},
+    rule::{ElemKey, Verdict},
+    script::{ElemRef, Script, SetKey, Sink},
 };
-use kproxy_plugin_api::{IpFamily, ProxyState, ServicePortKey};
+use kproxy_plugin_api::{IpAddr, IpFamily, ProxyState, ServicePortKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Which service port claims each element. Shared elements (the cluster IP of a service with two
@@ -19,14 +21,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// full and incremental syncs alike, instead of failing the whole transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ElementIndex {
-    claims: BTreeMap<(Container, String), BTreeMap<ServicePortKey, Option<String>>>,
+    claims: BTreeMap<(Container, ElemKey), BTreeMap<ServicePortKey, Option<Verdict>>>,
 }
 
 impl ElementIndex {
     /// The element as it is in the kernel: `None` when absent, else its value.
-    pub fn effective(&self, container: Container, key: &str) -> Option<&Option<String>> {
+    pub fn effective(&self, container: Container, key: &ElemKey) -> Option<&Option<Verdict>> {
         self.claims
-            .get(&(container, key.to_string()))
+            .get(&(container, key.clone()))
             .and_then(|owners| owners.values().next())
     }
 
@@ -48,10 +50,10 @@ impl ElementIndex {
     }
 
     /// Every element as it is in the kernel, sorted by container and key.
-    pub fn elements(&self) -> impl Iterator<Item = (Container, &str, &Option<String>)> {
+    pub fn elements(&self) -> impl Iterator<Item = (Container, &ElemKey, &Option<Verdict>)> {
         self.claims
             .iter()
-            .filter_map(|((c, k), owners)| owners.values().next().map(|v| (*c, k.as_str(), v)))
+            .filter_map(|((c, k), owners)| owners.values().next().map(|v| (*c, k, v)))
     }
 
     /// The number of distinct elements.
@@ -85,8 +87,8 @@ pub struct AffinitySnapshot {
 /// One remembered client of an affinity set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AffinityEntry {
-    /// The client address as nft prints it.
-    pub client: String,
+    /// The client address.
+    pub client: IpAddr,
     /// Seconds until it expires.
     pub expires: u64,
 }
@@ -102,45 +104,63 @@ pub struct FullPlan {
     pub objects: u64,
 }
 
-/// Plans a full sync: every enabled family's table re-created, every disabled family's table
-/// removed, in one script (one transaction).
-pub fn plan_full(
+/// [`plan_full`] written as an `nft -f` script.
+pub fn plan_full_script(
     enabled: &[FamilyCtx<'_>],
     disabled: &[(IpFamily, &str)],
     state: &ProxyState,
     snapshot: &AffinitySnapshot,
 ) -> FullPlan {
     let mut script = String::with_capacity(256 + state.services.len() * 512);
+    let mut s = Script::empty(&mut script);
+    let programs = plan_full(enabled, disabled, state, snapshot, &mut s);
+    let objects = s.objects;
+    FullPlan {
+        script,
+        programs,
+        objects,
+    }
+}
+
+/// Plans a full sync into `s`: every enabled family's table re-created, every disabled
+/// family's table removed, in one transaction. Returns one program per enabled family, in the
+/// order of the contexts given.
+pub fn plan_full(
+    enabled: &[FamilyCtx<'_>],
+    disabled: &[(IpFamily, &str)],
+    state: &ProxyState,
+    snapshot: &AffinitySnapshot,
+    s: &mut impl Sink,
+) -> Vec<FamilyProgram> {
     let mut programs = Vec::new();
-    let mut objects = 0;
     for &(family, table) in disabled {
-        let ip = if family == IpFamily::V4 { "ip" } else { "ip6" };
-        script.push_str(&format!(
-            "add table {ip} {table}\ndelete table {ip} {table}\n"
-        ));
+        s.begin(family, table);
+        s.remove_table();
     }
     for ctx in enabled {
-        let mut s = Script::new(&mut script, ctx.ip(), ctx.table);
-        render::render_globals(ctx, &mut s);
+        s.begin(ctx.family, ctx.table);
+        render::render_globals(ctx, s);
         let mut program = FamilyProgram::default();
         for sp in state.services.iter() {
             let Some(objs) = render::render_port(ctx, sp) else {
                 continue;
             };
             for set in &objs.sets {
-                s.add_container("set", &set.name, &affinity_set_body(ctx, set.timeout));
+                s.add_set(&affinity_set_spec(&set.name, ctx.family, set.timeout));
                 if let Some((timeout, entries)) = snapshot.sets.get(&(ctx.family, set.name.clone()))
                 {
                     // A changed timeout means the user changed affinity: start afresh.
                     if *timeout == set.timeout {
                         s.add_elements(
                             &set.name,
-                            entries.iter().filter(|e| e.expires > 0).map(|e| {
-                                format!(
-                                    "{} timeout {}s expires {}s",
-                                    e.client, set.timeout, e.expires
-                                )
-                            }),
+                            entries
+                                .iter()
+                                .filter(|e| e.expires > 0 && e.client.family == ctx.family)
+                                .map(|e| ElemRef {
+                                    key: SetKey::Client(e.client),
+                                    value: None,
+                                    timeout: Some((set.timeout, e.expires)),
+                                }),
                         );
                     }
                 }
@@ -165,36 +185,24 @@ pub fn plan_full(
                     .index
                     .elements()
                     .filter(|(c, _, _)| *c == container)
-                    .map(|(_, k, v)| element_text(k, v)),
+                    .map(|(_, k, v)| ElemRef::new(k, v.as_ref())),
             );
         }
-        objects += s.objects;
         programs.push(program);
     }
-    FullPlan {
-        script,
-        programs,
-        objects,
-    }
-}
-
-fn element_text(key: &str, value: &Option<String>) -> String {
-    match value {
-        Some(v) => format!("{key} : {v}"),
-        None => key.to_string(),
-    }
+    programs
 }
 
 /// Plans an incremental sync of one family: re-renders the `changed` service ports (absent from
-/// `state` means removed) and appends to `script` only the difference against `program`, which
-/// is updated to match. Returns the number of objects written. If applying the script fails,
+/// `state` means removed) and writes to `s` only the difference against `program`, which is
+/// updated to match. Returns the number of objects written. If applying the transaction fails,
 /// `program` no longer matches the kernel: the caller must fall back to a full sync.
 pub fn plan_incremental(
     ctx: &FamilyCtx<'_>,
     state: &ProxyState,
     changed: &[ServicePortKey],
     program: &mut FamilyProgram,
-    script: &mut String,
+    s: &mut impl Sink,
 ) -> u64 {
     struct Update {
         key: ServicePortKey,
@@ -221,7 +229,7 @@ pub fn plan_incremental(
             touched.insert((e.container, e.key.clone()));
         }
     }
-    let before: Vec<Option<Option<String>>> = touched
+    let before: Vec<Option<Option<Verdict>>> = touched
         .iter()
         .map(|(c, k)| program.index.effective(*c, k).cloned())
         .collect();
@@ -233,18 +241,18 @@ pub fn plan_incremental(
             program.index.claim(&u.key, e);
         }
     }
-    let mut delete_elements: BTreeMap<Container, Vec<String>> = BTreeMap::new();
-    let mut add_elements: BTreeMap<Container, Vec<String>> = BTreeMap::new();
+    let mut delete_elements: BTreeMap<Container, Vec<&ElemKey>> = BTreeMap::new();
+    let mut add_elements: BTreeMap<Container, Vec<(&ElemKey, Option<Verdict>)>> = BTreeMap::new();
     for ((c, k), before) in touched.iter().zip(before) {
         let after = program.index.effective(*c, k);
         if before.as_ref() == after {
             continue;
         }
         if before.is_some() {
-            delete_elements.entry(*c).or_default().push(k.clone());
+            delete_elements.entry(*c).or_default().push(k);
         }
         if let Some(v) = after {
-            add_elements.entry(*c).or_default().push(element_text(k, v));
+            add_elements.entry(*c).or_default().push((k, v.clone()));
         }
     }
 
@@ -254,7 +262,7 @@ pub fn plan_incremental(
     let mut delete_sets = Vec::new();
     let mut add_sets = Vec::new();
     let mut add_chains = Vec::new();
-    let mut rules: Vec<(String, Vec<String>)> = Vec::new();
+    let mut rules: Vec<(String, Vec<crate::rule::Rule>)> = Vec::new();
     let empty = PortObjects::default();
     for u in &updates {
         let old = u.old.as_ref().unwrap_or(&empty);
@@ -275,7 +283,7 @@ pub fn plan_incremental(
                 .get(s.name.as_str())
                 .is_some_and(|t| *t != s.timeout)
         });
-        let old_chains: HashMap<&str, &Vec<String>> = old
+        let old_chains: HashMap<&str, &Vec<crate::rule::Rule>> = old
             .chains
             .iter()
             .map(|c| (c.name.as_str(), &c.rules))
@@ -322,9 +330,10 @@ pub fn plan_incremental(
 
     // Order matters inside the transaction: nothing may be deleted while still referenced, and
     // nothing may be referenced before it exists.
-    let mut s = Script::new(script, ctx.ip(), ctx.table);
+    let objects_before = s.objects();
+    s.begin(ctx.family, ctx.table);
     for (c, keys) in &delete_elements {
-        s.delete_elements(c.name(), keys);
+        s.delete_elements(c.name(), keys.iter().map(|k| ElemRef::new(k, None)));
     }
     for name in &flush {
         s.flush_chain(name);
@@ -336,7 +345,7 @@ pub fn plan_incremental(
         s.delete_set(name);
     }
     for (name, timeout) in &add_sets {
-        s.add_container("set", name, &affinity_set_body(ctx, *timeout));
+        s.add_set(&affinity_set_spec(name, ctx.family, *timeout));
     }
     for name in &add_chains {
         s.add_chain(name);
@@ -347,7 +356,10 @@ pub fn plan_incremental(
         }
     }
     for (c, elements) in &add_elements {
-        s.add_elements(c.name(), elements);
+        s.add_elements(
+            c.name(),
+            elements.iter().map(|(k, v)| ElemRef::new(k, v.as_ref())),
+        );
     }
-    s.objects
+    s.objects() - objects_before
 }

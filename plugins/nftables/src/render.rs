@@ -2,17 +2,21 @@
 //!
 //! [`render_globals`] writes the fixed skeleton (base chains, dispatch maps, masquerading,
 //! reject/drop handling); [`render_port`] turns one service port into its chains, affinity sets
-//! and map elements. Neither touches the kernel; [`crate::plan`] turns them into scripts.
+//! and map elements, as typed values ([`crate::rule`]). Neither touches the kernel;
+//! [`crate::plan`] turns them into transactions.
 //!
 //! The layout and the rules follow upstream kube-proxy's nftables mode
 //! (`pkg/proxy/nftables/proxier.go`); the README lists where kproxy differs.
 
 use crate::{
     names::{self, Kind},
-    script::Script,
+    rule::{
+        Action, AddrItem, AddrValue, Dir, ElemKey, Match, PortValue, Reject, Rule, Verdict, VmapKey,
+    },
+    script::{ElemRef, KeyType, SetKey, SetSpec, Sink},
 };
 use kproxy_plugin_api::{
-    Cidr, Endpoint, IpAddr, IpFamily, IpMode, LocalDetectMode, NodeFacts, ProxySettings,
+    Cidr, Endpoint, IpAddr, IpFamily, IpMode, LocalDetectMode, NodeFacts, Protocol, ProxySettings,
     ServicePort, TrafficPolicy,
 };
 
@@ -46,7 +50,18 @@ const NODEPORT_IPS: &str = "nodeport-ips";
 /// still holds the socket, as the answer from the node itself or one veth hop away does: over
 /// IPv6 the connection was then refused only when the SYN was retransmitted a second later
 /// (kernel 6.18, `TcpExtLockDroppedIcmps`). A reset is a segment the socket always processes.
-const REJECT_RULES: [&str; 2] = ["meta l4proto tcp reject with tcp reset", "reject"];
+fn reject_rules(matches: Vec<Match>, comment: Option<&str>) -> [Rule; 2] {
+    let mut tcp = matches.clone();
+    tcp.push(Match::L4Proto(Protocol::Tcp));
+    let with = |r: Rule| match comment {
+        Some(c) => r.comment(c),
+        None => r,
+    };
+    [
+        with(Rule::when(tcp, Action::Reject(Reject::TcpReset))),
+        with(Rule::when(matches, Action::Reject(Reject::PortUnreachable))),
+    ]
+}
 
 // Netfilter hook priorities: dstnat is -100, srcnat 100. Filter chains run just before and
 // just after DNAT so they see the original (service) destination.
@@ -105,41 +120,40 @@ impl Container {
         )
     }
 
-    fn declaration(self, addr_type: &str) -> (&'static str, String) {
-        let (what, ty, comment) = match self {
-            Container::ClusterIps => ("set", addr_type.to_string(), "Active ClusterIPs"),
+    /// The declaration of this set or map in `family`'s table.
+    pub fn spec(self, family: IpFamily) -> SetSpec<'static> {
+        let (key, comment) = match self {
+            Container::ClusterIps => (KeyType::Addr(family), "Active ClusterIPs"),
             Container::ServiceIps => (
-                "map",
-                format!("{addr_type} . inet_proto . inet_service : verdict"),
+                KeyType::AddrProtoPort(family),
                 "ClusterIP, ExternalIP and LoadBalancer IP traffic",
             ),
-            Container::ServiceNodePorts => (
-                "map",
-                "inet_proto . inet_service : verdict".into(),
-                "NodePort traffic",
-            ),
+            Container::ServiceNodePorts => (KeyType::ProtoPort, "NodePort traffic"),
             Container::NoEndpointServices => (
-                "map",
-                format!("{addr_type} . inet_proto . inet_service : verdict"),
+                KeyType::AddrProtoPort(family),
                 "vmap to drop or reject packets to services with no endpoints",
             ),
             Container::NoEndpointNodePorts => (
-                "map",
-                "inet_proto . inet_service : verdict".into(),
+                KeyType::ProtoPort,
                 "vmap to drop or reject packets to service nodeports with no endpoints",
             ),
             Container::FirewallIps => (
-                "map",
-                format!("{addr_type} . inet_proto . inet_service : verdict"),
+                KeyType::AddrProtoPort(family),
                 "destinations that are subject to LoadBalancerSourceRanges",
             ),
             Container::HealthCheckNodePorts => (
-                "set",
-                "inet_service".into(),
+                KeyType::Port,
                 "healthCheckNodePorts of externalTrafficPolicy Local services",
             ),
         };
-        (what, format!("type {ty} ; comment \"{comment}\" ;"))
+        SetSpec {
+            name: self.name(),
+            key,
+            verdict_map: self.is_map(),
+            interval: false,
+            timeout: None,
+            comment: Some(comment),
+        }
     }
 }
 
@@ -148,19 +162,16 @@ impl Container {
 pub struct Element {
     /// The set or map it goes into.
     pub container: Container,
-    /// The key as nft writes it (`10.96.0.1 . tcp . 80`).
-    pub key: String,
+    /// The key (`10.96.0.1 . tcp . 80`).
+    pub key: ElemKey,
     /// The verdict (`goto service-…`, `drop`), or `None` in a plain set.
-    pub value: Option<String>,
+    pub value: Option<Verdict>,
 }
 
 impl Element {
     /// The element as written in `add element` (`key : value` or `key`).
     pub fn text(&self) -> String {
-        match &self.value {
-            Some(v) => format!("{} : {v}", self.key),
-            None => self.key.clone(),
-        }
+        ElemRef::new(&self.key, self.value.as_ref()).to_string()
     }
 }
 
@@ -169,8 +180,8 @@ impl Element {
 pub struct Chain {
     /// The chain's name (see [`names`]).
     pub name: String,
-    /// The rules, as written after `add rule <table> <chain>`.
-    pub rules: Vec<String>,
+    /// The rules, in order.
+    pub rules: Vec<Rule>,
 }
 
 /// A per-endpoint dynamic set remembering which clients stick to that endpoint.
@@ -209,54 +220,52 @@ pub struct FamilyCtx<'a> {
 impl FamilyCtx<'_> {
     /// `ip` or `ip6`: the nft family, and the payload keyword for addresses.
     pub fn ip(&self) -> &'static str {
-        match self.family {
-            IpFamily::V4 => "ip",
-            IpFamily::V6 => "ip6",
+        crate::rule::ip_word(self.family)
+    }
+
+    /// A match on the packet's source or destination address.
+    fn addr(&self, dir: Dir, neg: bool, value: AddrValue) -> Match {
+        Match::Addr {
+            family: self.family,
+            dir,
+            neg,
+            value,
         }
     }
 
-    fn addr_type(&self) -> &'static str {
-        match self.family {
-            IpFamily::V4 => "ipv4_addr",
-            IpFamily::V6 => "ipv6_addr",
-        }
+    /// `ip daddr != 127.0.0.0/8` / `ip6 daddr != ::1`: node ports are not served on loopback.
+    fn no_localhost(&self) -> Match {
+        let item = match self.family {
+            IpFamily::V4 => AddrItem::Prefix("127.0.0.0/8".parse().expect("a valid prefix")),
+            IpFamily::V6 => AddrItem::Host(std::net::Ipv6Addr::LOCALHOST.into()),
+        };
+        self.addr(Dir::Dst, true, AddrValue::One(item))
     }
 
-    fn no_localhost(&self) -> &'static str {
-        match self.family {
-            IpFamily::V4 => "ip daddr != 127.0.0.0/8",
-            IpFamily::V6 => "ip6 daddr != ::1",
-        }
+    fn mark(&self) -> u32 {
+        1u32 << u32::from(self.settings.masquerade_bit.min(31))
     }
 
-    fn mark(&self) -> String {
-        format!(
-            "{:#010x}",
-            1u32 << u32::from(self.settings.masquerade_bit.min(31))
-        )
-    }
-
-    fn cidrs<'c>(&self, cidrs: impl IntoIterator<Item = &'c Cidr>) -> Vec<String> {
+    fn cidrs<'c>(&self, cidrs: impl IntoIterator<Item = &'c Cidr>) -> Vec<Cidr> {
         cidrs
             .into_iter()
             .filter(|c| c.family() == self.family)
-            .map(|c| c.to_string())
+            .copied()
             .collect()
     }
 
     /// The local-traffic detector as an nft match: `local` true matches traffic from local
     /// pods, false traffic from anywhere else. `None` when the detector cannot tell (mode
     /// `None`, or no CIDR of this family).
-    fn local_match(&self, local: bool) -> Option<String> {
-        let op = if local { "" } else { "!= " };
+    fn local_match(&self, local: bool) -> Option<Match> {
         let detect = &self.settings.local_detect;
-        let by_source = |cidrs: Vec<String>| match cidrs.len() {
+        let by_source = |cidrs: Vec<Cidr>| match cidrs.len() {
             0 => None,
-            1 => Some(format!("{} saddr {op}{}", self.ip(), cidrs[0])),
-            _ => Some(format!(
-                "{} saddr {op}{{ {} }}",
-                self.ip(),
-                cidrs.join(", ")
+            1 => Some(self.addr(Dir::Src, !local, AddrValue::One(AddrItem::Prefix(cidrs[0])))),
+            _ => Some(self.addr(
+                Dir::Src,
+                !local,
+                AddrValue::Set(cidrs.into_iter().map(AddrItem::Prefix).collect()),
             )),
         };
         match detect.mode {
@@ -265,37 +274,28 @@ impl FamilyCtx<'_> {
             }
             LocalDetectMode::NodeCidr => by_source(self.cidrs(self.node.pod_cidrs.iter())),
             LocalDetectMode::BridgeInterface if !detect.interface.is_empty() => {
-                Some(format!("iifname {op}{:?}", detect.interface.as_str()))
+                Some(Match::IifName {
+                    neg: !local,
+                    name: detect.interface.to_string(),
+                    wildcard: false,
+                })
             }
             LocalDetectMode::InterfaceNamePrefix if !detect.interface.is_empty() => {
-                Some(format!("iifname {op}\"{}*\"", detect.interface))
+                Some(Match::IifName {
+                    neg: !local,
+                    name: detect.interface.to_string(),
+                    wildcard: true,
+                })
             }
             _ => None,
-        }
-    }
-
-    fn ip_text(&self, ip: IpAddr) -> String {
-        ip.to_string()
-    }
-
-    fn endpoint_text(&self, ep: &Endpoint) -> String {
-        match self.family {
-            IpFamily::V4 => format!("{}:{}", ep.ip, ep.port),
-            IpFamily::V6 => format!("[{}]:{}", ep.ip, ep.port),
         }
     }
 }
 
 /// Writes the table's skeleton for one family: the table itself (deleted and re-created, so a
 /// hand-edited table is put right), base chains, dispatch chains and rules, and empty maps.
-pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut Script<'_>) {
-    let ip = ctx.ip();
-    let family_table = format!("{ip} {}", ctx.table);
-    s.line(format_args!("add table {family_table}"));
-    s.line(format_args!("delete table {family_table}"));
-    s.line(format_args!(
-        "add table {family_table} {{ comment \"rules for kproxy\" ; }}"
-    ));
+pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut impl Sink) {
+    s.reset_table("rules for kproxy");
 
     let base = [
         (FILTER_PREROUTING, "filter", "prerouting", PRIO_DSTNAT - 10),
@@ -330,26 +330,36 @@ pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut Script<'_>) {
 
     // Sets and maps first: the rules below refer to them.
     for c in Container::ALL {
-        let (what, body) = c.declaration(ctx.addr_type());
-        s.add_container(what, c.name(), &body);
+        s.add_set(&c.spec(ctx.family));
     }
     let node_port_cidrs = ctx.cidrs(ctx.settings.node_port_addresses.iter());
     let match_all_node_ips = ctx.settings.node_port_addresses.is_empty();
     if !match_all_node_ips {
-        s.add_container(
-            "set",
+        s.add_set(&SetSpec {
+            name: NODEPORT_IPS,
+            key: KeyType::Addr(ctx.family),
+            verdict_map: false,
+            interval: true,
+            timeout: None,
+            comment: Some("nodePortAddresses"),
+        });
+        s.add_elements(
             NODEPORT_IPS,
-            &format!(
-                "type {} ; flags interval ; auto-merge ; comment \"nodePortAddresses\" ;",
-                ctx.addr_type()
-            ),
+            node_port_cidrs.iter().map(|c| ElemRef {
+                key: SetKey::Cidr(c),
+                value: None,
+                timeout: None,
+            }),
         );
-        s.add_elements(NODEPORT_IPS, &node_port_cidrs);
     }
-    let node_ips = if match_all_node_ips {
-        String::new()
+    let node_ips: Vec<Match> = if match_all_node_ips {
+        Vec::new()
     } else {
-        format!("{ip} daddr @{NODEPORT_IPS} ")
+        vec![ctx.addr(Dir::Dst, false, AddrValue::Named(NODEPORT_IPS.into()))]
+    };
+    let with = |mut first: Vec<Match>, then: &[Match]| {
+        first.extend_from_slice(then);
+        first
     };
 
     // Hooks into our dispatch chains (upstream's "jump chains").
@@ -357,92 +367,119 @@ pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut Script<'_>) {
     // upstream's iptables mode does.
     s.add_rule(
         FILTER_INPUT,
-        &format!(
-            "{node_ips}tcp dport @{} accept",
-            Container::HealthCheckNodePorts.name()
+        &Rule::when(
+            with(
+                node_ips.clone(),
+                &[Match::Dport {
+                    proto: Protocol::Tcp,
+                    value: PortValue::Named(Container::HealthCheckNodePorts.name().into()),
+                }],
+            ),
+            Action::Verdict(Verdict::Accept),
         ),
     );
     let jumps = [
-        (FILTER_INPUT, "ct state new ", NODEPORT_ENDPOINTS_CHECK),
-        (FILTER_INPUT, "ct state new ", SERVICE_ENDPOINTS_CHECK),
-        (FILTER_FORWARD, "ct state new ", SERVICE_ENDPOINTS_CHECK),
-        (FILTER_OUTPUT, "ct state new ", SERVICE_ENDPOINTS_CHECK),
-        (FILTER_PREROUTING, "ct state new ", FIREWALL_CHECK),
-        (FILTER_OUTPUT, "ct state new ", FIREWALL_CHECK),
-        (NAT_OUTPUT, "", SERVICES),
-        (NAT_PREROUTING, "", SERVICES),
-        (NAT_POSTROUTING, "", MASQUERADING),
-        (FILTER_FORWARD, "ct state new ", CLUSTER_IPS_CHECK),
-        (FILTER_OUTPUT_POST_DNAT, "ct state new ", CLUSTER_IPS_CHECK),
+        (FILTER_INPUT, true, NODEPORT_ENDPOINTS_CHECK),
+        (FILTER_INPUT, true, SERVICE_ENDPOINTS_CHECK),
+        (FILTER_FORWARD, true, SERVICE_ENDPOINTS_CHECK),
+        (FILTER_OUTPUT, true, SERVICE_ENDPOINTS_CHECK),
+        (FILTER_PREROUTING, true, FIREWALL_CHECK),
+        (FILTER_OUTPUT, true, FIREWALL_CHECK),
+        (NAT_OUTPUT, false, SERVICES),
+        (NAT_PREROUTING, false, SERVICES),
+        (NAT_POSTROUTING, false, MASQUERADING),
+        (FILTER_FORWARD, true, CLUSTER_IPS_CHECK),
+        (FILTER_OUTPUT_POST_DNAT, true, CLUSTER_IPS_CHECK),
     ];
-    for (from, cond, to) in jumps {
-        s.add_rule(from, &format!("{cond}jump {to}"));
+    for (from, new_only, to) in jumps {
+        let cond = if new_only {
+            vec![Match::CtStateNew]
+        } else {
+            Vec::new()
+        };
+        s.add_rule(
+            from,
+            &Rule::when(cond, Action::Verdict(Verdict::Jump(to.into()))),
+        );
     }
 
     let mark = ctx.mark();
-    s.add_rule(MARK_MASQ, &format!("mark set mark or {mark}"));
-    s.add_rule(MASQUERADING, &format!("mark and {mark} == 0 return"));
-    s.add_rule(MASQUERADING, &format!("mark set mark xor {mark}"));
-    s.add_rule(MASQUERADING, "masquerade fully-random");
+    s.add_rule(MARK_MASQ, &Rule::new(Action::MarkOr(mark)));
+    s.add_rule(
+        MASQUERADING,
+        &Rule::when(
+            vec![Match::MarkClear(mark)],
+            Action::Verdict(Verdict::Return),
+        ),
+    );
+    s.add_rule(MASQUERADING, &Rule::new(Action::MarkXor(mark)));
+    s.add_rule(MASQUERADING, &Rule::new(Action::Masquerade));
 
-    for reject in REJECT_RULES {
-        s.add_rule(
-            CLUSTER_IPS_CHECK,
-            &format!(
-                "{ip} daddr @{} {reject} comment \"Reject traffic to invalid ports of ClusterIPs\"",
-                Container::ClusterIps.name()
-            ),
-        );
+    for rule in reject_rules(
+        vec![ctx.addr(
+            Dir::Dst,
+            false,
+            AddrValue::Named(Container::ClusterIps.name().into()),
+        )],
+        Some("Reject traffic to invalid ports of ClusterIPs"),
+    ) {
+        s.add_rule(CLUSTER_IPS_CHECK, &rule);
     }
     let service_cidrs = ctx.cidrs(ctx.settings.service_cidrs.iter());
     if !service_cidrs.is_empty() {
         s.add_rule(
             CLUSTER_IPS_CHECK,
-            &format!(
-                "{ip} daddr {{ {} }} drop comment \"Drop traffic to unallocated ClusterIPs\"",
-                service_cidrs.join(", ")
-            ),
+            &Rule::when(
+                vec![ctx.addr(
+                    Dir::Dst,
+                    false,
+                    AddrValue::Set(service_cidrs.into_iter().map(AddrItem::Prefix).collect()),
+                )],
+                Action::Verdict(Verdict::Drop),
+            )
+            .comment("Drop traffic to unallocated ClusterIPs"),
         );
     }
 
-    for reject in REJECT_RULES {
-        s.add_rule(REJECT_CHAIN, reject);
+    for rule in reject_rules(Vec::new(), None) {
+        s.add_rule(REJECT_CHAIN, &rule);
     }
+    let daddr_vmap = |map: Container| {
+        Rule::new(Action::Vmap {
+            key: VmapKey::DaddrProtoPort(ctx.family),
+            map: map.name().into(),
+        })
+    };
+    let port_vmap = |matches: Vec<Match>, map: Container| {
+        Rule::when(
+            matches,
+            Action::Vmap {
+                key: VmapKey::ProtoPort,
+                map: map.name().into(),
+            },
+        )
+    };
     s.add_rule(
         SERVICE_ENDPOINTS_CHECK,
-        &format!(
-            "{ip} daddr . meta l4proto . th dport vmap @{}",
-            Container::NoEndpointServices.name()
-        ),
+        &daddr_vmap(Container::NoEndpointServices),
     );
     s.add_rule(
         NODEPORT_ENDPOINTS_CHECK,
-        &format!(
-            "{} {node_ips}meta l4proto . th dport vmap @{}",
-            ctx.no_localhost(),
-            Container::NoEndpointNodePorts.name()
+        &port_vmap(
+            with(vec![ctx.no_localhost()], &node_ips),
+            Container::NoEndpointNodePorts,
         ),
     );
-    s.add_rule(
-        FIREWALL_CHECK,
-        &format!(
-            "{ip} daddr . meta l4proto . th dport vmap @{}",
-            Container::FirewallIps.name()
-        ),
-    );
+    s.add_rule(FIREWALL_CHECK, &daddr_vmap(Container::FirewallIps));
+    s.add_rule(SERVICES, &daddr_vmap(Container::ServiceIps));
     s.add_rule(
         SERVICES,
-        &format!(
-            "{ip} daddr . meta l4proto . th dport vmap @{}",
-            Container::ServiceIps.name()
-        ),
-    );
-    s.add_rule(
-        SERVICES,
-        &format!(
-            "fib daddr type local {} {node_ips}meta l4proto . th dport vmap @{}",
-            ctx.no_localhost(),
-            Container::ServiceNodePorts.name()
+        &port_vmap(
+            with(
+                vec![Match::FibLocal(Dir::Dst), ctx.no_localhost()],
+                &node_ips,
+            ),
+            Container::ServiceNodePorts,
         ),
     );
 }
@@ -451,10 +488,9 @@ pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut Script<'_>) {
 /// family (upstream's per-family proxier never sees such a port).
 pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects> {
     let fam = ctx.family;
-    let ip = ctx.ip();
     let key = &sp.key;
     let cluster_ip = *sp.cluster_ips.iter().find(|a| a.family == fam)?;
-    let proto = key.protocol.as_str();
+    let proto = key.protocol;
     let external_ips: Vec<IpAddr> = sp
         .external_ips
         .iter()
@@ -520,30 +556,31 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     let firewall_chain = (!lb_ips.is_empty() && !source_ranges.is_empty())
         .then(|| names::service_object(Kind::Firewall, key));
 
-    let reject = format!("goto {REJECT_CHAIN}");
+    let reject = Verdict::Goto(REJECT_CHAIN.into());
     let (internal_verdict, external_verdict) = if !has_endpoints {
         (reject.clone(), reject)
     } else {
-        ("drop".to_string(), "drop".to_string())
+        (Verdict::Drop, Verdict::Drop)
     };
 
     let mut out = PortObjects::default();
-    let mut element = |container: Container, key: String, value: Option<String>| {
+    let mut element = |container: Container, key: ElemKey, value: Option<Verdict>| {
         out.elements.push(Element {
             container,
             key,
             value,
         })
     };
-    let addr_key = |addr: IpAddr, port: u16| format!("{} . {proto} . {port}", ctx.ip_text(addr));
+    let addr_key = |addr: IpAddr, port: u16| ElemKey::AddrProtoPort(addr, proto, port);
+    let goto = |chain: &String| Some(Verdict::Goto(chain.clone()));
 
     // Elements: where each of the port's addresses goes.
-    element(Container::ClusterIps, ctx.ip_text(cluster_ip), None);
+    element(Container::ClusterIps, ElemKey::Addr(cluster_ip), None);
     match (has_internal, internal_chain) {
         (true, Some(chain)) => element(
             Container::ServiceIps,
             addr_key(cluster_ip, sp.port),
-            Some(format!("goto {chain}")),
+            goto(chain),
         ),
         _ => element(
             Container::NoEndpointServices,
@@ -553,11 +590,7 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     }
     for &ext in &external_ips {
         if let Some(chain) = &external_chain {
-            element(
-                Container::ServiceIps,
-                addr_key(ext, sp.port),
-                Some(format!("goto {chain}")),
-            );
+            element(Container::ServiceIps, addr_key(ext, sp.port), goto(chain));
         }
         if !has_external {
             element(
@@ -569,18 +602,10 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     }
     for &lb in &lb_ips {
         if let Some(chain) = &external_chain {
-            element(
-                Container::ServiceIps,
-                addr_key(lb, sp.port),
-                Some(format!("goto {chain}")),
-            );
+            element(Container::ServiceIps, addr_key(lb, sp.port), goto(chain));
         }
         if let Some(fw) = &firewall_chain {
-            element(
-                Container::FirewallIps,
-                addr_key(lb, sp.port),
-                Some(format!("goto {fw}")),
-            );
+            element(Container::FirewallIps, addr_key(lb, sp.port), goto(fw));
         }
         if !has_external {
             element(
@@ -591,13 +616,9 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
         }
     }
     if sp.node_port != 0 {
-        let np_key = format!("{proto} . {}", sp.node_port);
+        let np_key = ElemKey::ProtoPort(proto, sp.node_port);
         if let Some(chain) = &external_chain {
-            element(
-                Container::ServiceNodePorts,
-                np_key.clone(),
-                Some(format!("goto {chain}")),
-            );
+            element(Container::ServiceNodePorts, np_key.clone(), goto(chain));
         }
         if !has_external {
             element(
@@ -610,7 +631,7 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     if sp.health_check_node_port != 0 && etp_local {
         element(
             Container::HealthCheckNodePorts,
-            sp.health_check_node_port.to_string(),
+            ElemKey::Port(sp.health_check_node_port),
             None,
         );
     }
@@ -626,46 +647,48 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     reachable.dedup_by(|a, b| (a.ip, a.port) == (b.ip, b.port));
     let ep_chain = |e: &Endpoint| names::endpoint_object(Kind::Endpoint, key, e.ip, e.port);
     let ep_set = |e: &Endpoint| names::endpoint_object(Kind::Affinity, key, e.ip, e.port);
+    let jump_masq = || Action::Verdict(Verdict::Jump(MARK_MASQ.into()));
 
-    let policy_rules = |eps: &[&Endpoint]| -> Vec<String> {
+    let policy_rules = |eps: &[&Endpoint]| -> Vec<Rule> {
         let mut rules = Vec::new();
         if affinity {
             for e in eps {
-                rules.push(format!("{ip} saddr @{} goto {}", ep_set(e), ep_chain(e)));
+                rules.push(Rule::when(
+                    vec![ctx.addr(Dir::Src, false, AddrValue::Named(ep_set(e)))],
+                    Action::Verdict(Verdict::Goto(ep_chain(e))),
+                ));
             }
         }
         if let [only] = eps {
             // One endpoint needs no random choice. An anonymous vmap per service would also
             // cost the kernel a scan of every set in the table to name it (O(n²) in a sync).
-            rules.push(format!("goto {}", ep_chain(only)));
+            rules.push(Rule::goto(&ep_chain(only)));
             return rules;
         }
-        let arms: Vec<String> = eps
-            .iter()
-            .enumerate()
-            .map(|(i, e)| format!("{i} : goto {}", ep_chain(e)))
-            .collect();
-        rules.push(format!(
-            "numgen random mod {} vmap {{ {} }}",
-            eps.len(),
-            arms.join(", ")
-        ));
+        rules.push(Rule::new(Action::NumgenVmap(
+            eps.iter().map(|e| ep_chain(e)).collect(),
+        )));
         rules
     };
 
     // Off-cluster traffic to the cluster IP is masqueraded (it may be routed to any node and
     // bounce off it); with masqueradeAll, all of it is.
     let internal_masq = has_internal.then(|| {
-        let dst = format!(
-            "{ip} daddr {} {proto} dport {}",
-            ctx.ip_text(cluster_ip),
-            sp.port
-        );
+        let dst = vec![
+            ctx.addr(Dir::Dst, false, AddrValue::One(AddrItem::Host(cluster_ip))),
+            Match::Dport {
+                proto,
+                value: PortValue::One(sp.port),
+            },
+        ];
         if ctx.settings.masquerade_all {
-            Some(format!("{dst} jump {MARK_MASQ}"))
+            Some(Rule::when(dst, jump_masq()))
         } else {
-            ctx.local_match(false)
-                .map(|not_local| format!("{dst} {not_local} jump {MARK_MASQ}"))
+            ctx.local_match(false).map(|not_local| {
+                let mut m = dst;
+                m.push(not_local);
+                Rule::when(m, jump_masq())
+            })
         }
     });
     let internal_masq = internal_masq.flatten();
@@ -688,25 +711,31 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
         let mut rules = Vec::new();
         if !etp_local {
             // Endpoints may be on another node: masquerade so replies come back through us.
-            rules.push(format!("jump {MARK_MASQ}"));
+            rules.push(Rule::new(jump_masq()));
         } else if let Some(cluster) = &cluster_chain {
             // Pods and the node itself reach every endpoint, as if they went out to the load
             // balancer and came back (upstream's short-circuit).
             if let Some(local) = ctx.local_match(true) {
-                rules.push(format!(
-                    "{local} goto {cluster} comment \"short-circuit pod traffic\""
-                ));
+                rules.push(
+                    Rule::when(vec![local], Action::Verdict(Verdict::Goto(cluster.clone())))
+                        .comment("short-circuit pod traffic"),
+                );
             }
-            rules.push(format!(
-                "fib saddr type local jump {MARK_MASQ} comment \"masquerade local traffic\""
-            ));
-            rules.push(format!(
-                "fib saddr type local goto {cluster} comment \"short-circuit local traffic\""
-            ));
+            rules.push(
+                Rule::when(vec![Match::FibLocal(Dir::Src)], jump_masq())
+                    .comment("masquerade local traffic"),
+            );
+            rules.push(
+                Rule::when(
+                    vec![Match::FibLocal(Dir::Src)],
+                    Action::Verdict(Verdict::Goto(cluster.clone())),
+                )
+                .comment("short-circuit local traffic"),
+            );
         }
         if has_external {
             if let Some(policy) = external_policy_chain {
-                rules.push(format!("goto {policy}"));
+                rules.push(Rule::goto(policy));
             }
         }
         out.chains.push(Chain {
@@ -716,7 +745,11 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     }
 
     if let Some(name) = &firewall_chain {
-        let mut sources = source_ranges.clone();
+        let mut sources: Vec<AddrItem> = source_ranges
+            .iter()
+            .copied()
+            .map(AddrItem::Prefix)
+            .collect();
         // A VIP often exists as a local address too: a request from this node to it then
         // arrives with the VIP as source. Allow that when the node itself is allowed.
         let node_allowed = ctx.node.addresses.iter().any(|a| {
@@ -727,24 +760,36 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
                     .any(|c| c.contains(*a))
         });
         if node_allowed {
-            sources.extend(lb_ips.iter().map(|a| ctx.ip_text(*a)));
+            sources.extend(lb_ips.iter().copied().map(AddrItem::Host));
         }
         out.chains.push(Chain {
             name: name.clone(),
-            rules: vec![format!("{ip} saddr != {{ {} }} drop", sources.join(", "))],
+            rules: vec![Rule::when(
+                vec![ctx.addr(Dir::Src, true, AddrValue::Set(sources))],
+                Action::Verdict(Verdict::Drop),
+            )],
         });
     }
 
     for e in &reachable {
         let set = ep_set(e);
-        let mut rules = vec![format!("{ip} saddr {} jump {MARK_MASQ}", ctx.ip_text(e.ip))];
+        let mut rules = vec![Rule::when(
+            vec![ctx.addr(Dir::Src, false, AddrValue::One(AddrItem::Host(e.ip)))],
+            jump_masq(),
+        )];
         if affinity {
-            rules.push(format!("update @{set} {{ {ip} saddr }}"));
+            rules.push(Rule::new(Action::UpdateSaddr {
+                family: fam,
+                set: set.clone(),
+            }));
             out.sets.push(AffinitySet { name: set, timeout });
         }
-        rules.push(format!(
-            "meta l4proto {proto} dnat to {}",
-            ctx.endpoint_text(e)
+        rules.push(Rule::when(
+            vec![Match::L4Proto(proto)],
+            Action::Dnat {
+                addr: e.ip,
+                port: e.port,
+            },
         ));
         out.chains.push(Chain {
             name: ep_chain(e),
@@ -754,10 +799,14 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     Some(out)
 }
 
-/// The `add set` body of an affinity set.
-pub fn affinity_set_body(ctx: &FamilyCtx<'_>, timeout: u32) -> String {
-    format!(
-        "type {} ; flags dynamic,timeout ; timeout {timeout}s ;",
-        ctx.addr_type()
-    )
+/// The declaration of an affinity set of `family` with `timeout` seconds.
+pub fn affinity_set_spec(name: &str, family: IpFamily, timeout: u32) -> SetSpec<'_> {
+    SetSpec {
+        name,
+        key: KeyType::Addr(family),
+        verdict_map: false,
+        interval: false,
+        timeout: Some(timeout),
+        comment: None,
+    }
 }

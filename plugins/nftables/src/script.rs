@@ -1,13 +1,173 @@
-//! A builder for `nft -f` scripts: one command per line (map elements one per line inside the
-//! braces), so the line number nft reports for a failure points at one object.
+//! The writers a transaction is planned into: [`Sink`] is what the renderer and planner call,
+//! [`Script`] writes it as an `nft -f` script (one command per line, map elements one per line
+//! inside the braces, so the line number nft reports for a failure points at one object), and
+//! [`crate::netlink::Batch`] encodes the same transaction as one nf_tables netlink batch.
 
+use crate::rule::{ElemKey, Rule, Verdict};
+use kproxy_plugin_api::{Cidr, IpAddr, IpFamily};
 use std::fmt::Write as _;
 
-/// A growing `nft -f` script for one table of one family, counting the objects it writes.
+/// The type of a set's or map's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// `ipv4_addr` / `ipv6_addr`.
+    Addr(IpFamily),
+    /// `ipv4_addr . inet_proto . inet_service`.
+    AddrProtoPort(IpFamily),
+    /// `inet_proto . inet_service`.
+    ProtoPort,
+    /// `inet_service`.
+    Port,
+}
+
+impl KeyType {
+    fn text(self) -> String {
+        let addr = |f| match f {
+            IpFamily::V4 => "ipv4_addr",
+            IpFamily::V6 => "ipv6_addr",
+        };
+        match self {
+            KeyType::Addr(f) => addr(f).into(),
+            KeyType::AddrProtoPort(f) => format!("{} . inet_proto . inet_service", addr(f)),
+            KeyType::ProtoPort => "inet_proto . inet_service".into(),
+            KeyType::Port => "inet_service".into(),
+        }
+    }
+}
+
+/// A named set or map of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// The key type.
+    pub key: KeyType,
+    /// A verdict map rather than a set.
+    pub verdict_map: bool,
+    /// Elements are prefixes (`flags interval`), merged when they overlap (`auto-merge`).
+    pub interval: bool,
+    /// A dynamic set whose elements expire after this many seconds (`flags dynamic,timeout`).
+    pub timeout: Option<u32>,
+    /// `comment "…"`.
+    pub comment: Option<&'a str>,
+}
+
+impl SetSpec<'_> {
+    /// `set` or `map`.
+    pub fn what(&self) -> &'static str {
+        if self.verdict_map {
+            "map"
+        } else {
+            "set"
+        }
+    }
+
+    /// The declaration's body, as in `add set t s { <body> }`.
+    pub fn body(&self) -> String {
+        let mut b = format!(
+            "type {}{} ;",
+            self.key.text(),
+            if self.verdict_map { " : verdict" } else { "" }
+        );
+        if self.interval {
+            b.push_str(" flags interval ; auto-merge ;");
+        }
+        if let Some(t) = self.timeout {
+            let _ = write!(b, " flags dynamic,timeout ; timeout {t}s ;");
+        }
+        if let Some(c) = self.comment {
+            let _ = write!(b, " comment \"{c}\" ;");
+        }
+        b
+    }
+}
+
+/// The key of an element as a writer receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetKey<'a> {
+    /// A key of kproxy's dispatch sets and maps.
+    Key(&'a ElemKey),
+    /// A prefix of an interval set.
+    Cidr(&'a Cidr),
+    /// A client address of an affinity set.
+    Client(IpAddr),
+}
+
+/// One element as a writer receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElemRef<'a> {
+    /// The key.
+    pub key: SetKey<'a>,
+    /// The verdict, in a verdict map.
+    pub value: Option<&'a Verdict>,
+    /// `(timeout, expires)` in seconds, for a remembered affinity client.
+    pub timeout: Option<(u32, u64)>,
+}
+
+impl<'a> ElemRef<'a> {
+    /// An element of a dispatch set or map.
+    pub fn new(key: &'a ElemKey, value: Option<&'a Verdict>) -> Self {
+        ElemRef {
+            key: SetKey::Key(key),
+            value,
+            timeout: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ElemRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.key {
+            SetKey::Key(k) => k.fmt(f)?,
+            SetKey::Cidr(c) => c.fmt(f)?,
+            SetKey::Client(a) => a.fmt(f)?,
+        }
+        if let Some(v) = self.value {
+            write!(f, " : {v}")?;
+        }
+        if let Some((timeout, expires)) = self.timeout {
+            write!(f, " timeout {timeout}s expires {expires}s")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a transaction on one family's table is made of. Calls are made in transaction order;
+/// a writer may count the objects it adds ([`Sink::objects`]).
+pub trait Sink {
+    /// Directs the calls that follow at `family`'s table called `table`.
+    fn begin(&mut self, family: IpFamily, table: &str);
+    /// Re-creates the table: deletes it if it exists and adds it empty, with a comment.
+    fn reset_table(&mut self, comment: &str);
+    /// Deletes the table if it exists (a family that was turned off).
+    fn remove_table(&mut self);
+    /// Adds a regular chain (a no-op if it exists).
+    fn add_chain(&mut self, name: &str);
+    /// Adds a base chain attached to a hook, policy accept.
+    fn add_base_chain(&mut self, name: &str, kind: &str, hook: &str, priority: i32);
+    /// Removes every rule of a chain.
+    fn flush_chain(&mut self, name: &str);
+    /// Deletes an (empty, unreferenced) chain.
+    fn delete_chain(&mut self, name: &str);
+    /// Appends a rule to a chain.
+    fn add_rule(&mut self, chain: &str, rule: &Rule);
+    /// Adds a named set or map.
+    fn add_set(&mut self, spec: &SetSpec<'_>);
+    /// Deletes a named set.
+    fn delete_set(&mut self, name: &str);
+    /// Adds elements to a set or map; nothing when there are none.
+    fn add_elements<'e>(&mut self, set: &str, elems: impl IntoIterator<Item = ElemRef<'e>>);
+    /// Deletes elements (by key) from a set or map; nothing when there are none.
+    fn delete_elements<'e>(&mut self, set: &str, elems: impl IntoIterator<Item = ElemRef<'e>>);
+    /// Chains, rules, sets and elements added so far (deletions not counted).
+    fn objects(&self) -> u64;
+}
+
+/// A growing `nft -f` script (of one or more tables).
 #[derive(Debug)]
 pub struct Script<'a> {
     out: &'a mut String,
-    /// `ip kproxy` or `ip6 kproxy`.
+    /// `ip kproxy` or `ip6 kproxy`: where the commands go.
     table: String,
     /// Chains, rules, sets and elements added by this script (deletions not counted).
     pub objects: u64,
@@ -23,78 +183,22 @@ impl<'a> Script<'a> {
         }
     }
 
-    /// Writes a raw command line.
-    pub fn line(&mut self, text: std::fmt::Arguments<'_>) {
-        let _ = self.out.write_fmt(text);
-        self.out.push('\n');
+    /// Starts writing onto `out`; [`Sink::begin`] picks the table.
+    pub fn empty(out: &'a mut String) -> Self {
+        Script {
+            out,
+            table: String::new(),
+            objects: 0,
+        }
     }
 
-    /// `add chain <table> <name>` (a regular chain; a no-op if it exists).
-    pub fn add_chain(&mut self, name: &str) {
-        self.objects += 1;
-        let _ = writeln!(self.out, "add chain {} {name}", self.table);
-    }
-
-    /// `add chain` for a base chain attached to a hook.
-    pub fn add_base_chain(&mut self, name: &str, kind: &str, hook: &str, priority: i32) {
-        self.objects += 1;
-        let _ = writeln!(
-            self.out,
-            "add chain {} {name} {{ type {kind} hook {hook} priority {priority} ; policy accept ; }}",
-            self.table
-        );
-    }
-
-    /// `flush chain`: removes every rule of the chain.
-    pub fn flush_chain(&mut self, name: &str) {
-        let _ = writeln!(self.out, "flush chain {} {name}", self.table);
-    }
-
-    /// `delete chain`.
-    pub fn delete_chain(&mut self, name: &str) {
-        let _ = writeln!(self.out, "delete chain {} {name}", self.table);
-    }
-
-    /// `add rule <table> <chain> <rule>`.
-    pub fn add_rule(&mut self, chain: &str, rule: &str) {
-        self.objects += 1;
-        let _ = writeln!(self.out, "add rule {} {chain} {rule}", self.table);
-    }
-
-    /// `add set` or `add map` with its body (`type …; flags …;`).
-    pub fn add_container(&mut self, what: &str, name: &str, body: &str) {
-        self.objects += 1;
-        let _ = writeln!(self.out, "add {what} {} {name} {{ {body} }}", self.table);
-    }
-
-    /// `delete set`.
-    pub fn delete_set(&mut self, name: &str) {
-        let _ = writeln!(self.out, "delete set {} {name}", self.table);
-    }
-
-    /// `add element <table> <set> { e1, e2, … }`, one element per line; nothing when empty.
-    pub fn add_elements<I, S>(&mut self, set: &str, elements: I)
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        self.elements("add", set, elements, true);
-    }
-
-    /// `delete element <table> <set> { k1, k2, … }`; nothing when empty.
-    pub fn delete_elements<I, S>(&mut self, set: &str, keys: I)
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        self.elements("delete", set, keys, false);
-    }
-
-    fn elements<I, S>(&mut self, verb: &str, set: &str, items: I, count: bool)
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
+    fn elements<'e>(
+        &mut self,
+        verb: &str,
+        set: &str,
+        items: impl IntoIterator<Item = ElemRef<'e>>,
+        count: bool,
+    ) {
         let mut items = items.into_iter().peekable();
         if items.peek().is_none() {
             return;
@@ -106,29 +210,153 @@ impl<'a> Script<'a> {
                 self.objects += 1;
             }
             self.out.push_str(if first { "\n\t" } else { ",\n\t" });
-            self.out.push_str(item.as_ref());
+            if count {
+                let _ = write!(self.out, "{item}");
+            } else {
+                // A deletion names the key only.
+                let key = ElemRef {
+                    value: None,
+                    timeout: None,
+                    ..item
+                };
+                let _ = write!(self.out, "{key}");
+            }
             first = false;
         }
         self.out.push_str("\n}\n");
     }
 }
 
+impl Sink for Script<'_> {
+    fn begin(&mut self, family: IpFamily, table: &str) {
+        self.table = format!("{} {table}", crate::rule::ip_word(family));
+    }
+
+    fn reset_table(&mut self, comment: &str) {
+        let t = &self.table;
+        let _ = writeln!(
+            self.out,
+            "add table {t}\ndelete table {t}\nadd table {t} {{ comment \"{comment}\" ; }}"
+        );
+    }
+
+    fn remove_table(&mut self) {
+        let t = &self.table;
+        let _ = writeln!(self.out, "add table {t}\ndelete table {t}");
+    }
+
+    fn add_chain(&mut self, name: &str) {
+        self.objects += 1;
+        let _ = writeln!(self.out, "add chain {} {name}", self.table);
+    }
+
+    fn add_base_chain(&mut self, name: &str, kind: &str, hook: &str, priority: i32) {
+        self.objects += 1;
+        let _ = writeln!(
+            self.out,
+            "add chain {} {name} {{ type {kind} hook {hook} priority {priority} ; policy accept ; }}",
+            self.table
+        );
+    }
+
+    fn flush_chain(&mut self, name: &str) {
+        let _ = writeln!(self.out, "flush chain {} {name}", self.table);
+    }
+
+    fn delete_chain(&mut self, name: &str) {
+        let _ = writeln!(self.out, "delete chain {} {name}", self.table);
+    }
+
+    fn add_rule(&mut self, chain: &str, rule: &Rule) {
+        self.objects += 1;
+        let _ = writeln!(self.out, "add rule {} {chain} {rule}", self.table);
+    }
+
+    fn add_set(&mut self, spec: &SetSpec<'_>) {
+        self.objects += 1;
+        let _ = writeln!(
+            self.out,
+            "add {} {} {} {{ {} }}",
+            spec.what(),
+            self.table,
+            spec.name,
+            spec.body()
+        );
+    }
+
+    fn delete_set(&mut self, name: &str) {
+        let _ = writeln!(self.out, "delete set {} {name}", self.table);
+    }
+
+    fn add_elements<'e>(&mut self, set: &str, elems: impl IntoIterator<Item = ElemRef<'e>>) {
+        self.elements("add", set, elems, true);
+    }
+
+    fn delete_elements<'e>(&mut self, set: &str, elems: impl IntoIterator<Item = ElemRef<'e>>) {
+        self.elements("delete", set, elems, false);
+    }
+
+    fn objects(&self) -> u64 {
+        self.objects
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kproxy_plugin_api::Protocol;
 
     #[test]
     fn elements_go_one_per_line_and_are_counted() {
         let mut out = String::new();
         let mut s = Script::new(&mut out, "ip", "kproxy");
-        s.add_elements("m", ["a : drop", "b : accept"]);
-        s.delete_elements("m", ["c"]);
-        s.add_elements("m", Vec::<String>::new());
+        let a = ElemKey::ProtoPort(Protocol::Tcp, 1);
+        let b = ElemKey::ProtoPort(Protocol::Udp, 2);
+        let drop = Verdict::Drop;
+        let accept = Verdict::Accept;
+        s.add_elements(
+            "m",
+            [
+                ElemRef::new(&a, Some(&drop)),
+                ElemRef::new(&b, Some(&accept)),
+            ],
+        );
+        s.delete_elements("m", [ElemRef::new(&a, Some(&drop))]);
+        s.add_elements("m", Vec::new());
         assert_eq!(s.objects, 2);
         assert_eq!(
             out,
-            "add element ip kproxy m {\n\ta : drop,\n\tb : accept\n}\n\
-             delete element ip kproxy m {\n\tc\n}\n"
+            "add element ip kproxy m {\n\ttcp . 1 : drop,\n\tudp . 2 : accept\n}\n\
+             delete element ip kproxy m {\n\ttcp . 1\n}\n"
+        );
+    }
+
+    #[test]
+    fn set_bodies_read_as_nft_writes_them() {
+        let aff = SetSpec {
+            name: "a",
+            key: KeyType::Addr(IpFamily::V4),
+            verdict_map: false,
+            interval: false,
+            timeout: Some(10),
+            comment: None,
+        };
+        assert_eq!(
+            aff.body(),
+            "type ipv4_addr ; flags dynamic,timeout ; timeout 10s ;"
+        );
+        let map = SetSpec {
+            name: "m",
+            key: KeyType::AddrProtoPort(IpFamily::V6),
+            verdict_map: true,
+            interval: false,
+            timeout: None,
+            comment: Some("x"),
+        };
+        assert_eq!(map.what(), "map");
+        assert_eq!(
+            map.body(),
+            "type ipv6_addr . inet_proto . inet_service : verdict ; comment \"x\" ;"
         );
     }
 }

@@ -4,7 +4,9 @@
 use crate::{
     plan::{self, AffinitySnapshot, FamilyProgram},
     render::{render_port, Container, FamilyCtx, PortObjects},
+    rule::ElemKey,
     sample::{self, PortBuilder},
+    script::Script,
 };
 use kproxy_plugin_api::{
     IpFamily, IpMode, LocalDetectMode, NodeFacts, Protocol, ProxySettings, ProxyState, ServicePort,
@@ -26,20 +28,24 @@ fn render4(sp: &ServicePort) -> PortObjects {
     render_port(&ctx(IpFamily::V4, &settings, &node), sp).expect("has an IPv4 cluster IP")
 }
 
-fn element<'a>(objs: &'a PortObjects, c: Container, key: &str) -> Option<&'a Option<String>> {
+/// The element `key` (as nft writes it) of container `c`, its verdict as text.
+fn element(objs: &PortObjects, c: Container, key: &str) -> Option<Option<String>> {
     objs.elements
         .iter()
-        .find(|e| e.container == c && e.key == key)
-        .map(|e| &e.value)
+        .find(|e| e.container == c && e.key.to_string() == key)
+        .map(|e| e.value.as_ref().map(|v| v.to_string()))
 }
 
-fn chain<'a>(objs: &'a PortObjects, prefix: &str) -> &'a [String] {
-    &objs
-        .chains
+/// The rules of the first chain whose name starts with `prefix`, as text.
+fn chain(objs: &PortObjects, prefix: &str) -> Vec<String> {
+    objs.chains
         .iter()
         .find(|c| c.name.starts_with(prefix))
         .unwrap_or_else(|| panic!("no chain {prefix}… in {objs:#?}"))
         .rules
+        .iter()
+        .map(|r| r.to_string())
+        .collect()
 }
 
 fn web() -> PortBuilder {
@@ -56,11 +62,10 @@ fn cluster_ip_spreads_over_endpoints_and_masquerades_off_cluster_traffic() {
     );
     assert_eq!(
         element(&objs, Container::ClusterIps, "10.96.0.10"),
-        Some(&None)
+        Some(None)
     );
     let verdict = element(&objs, Container::ServiceIps, "10.96.0.10 . tcp . 80")
         .unwrap()
-        .as_deref()
         .unwrap();
     assert!(verdict.starts_with("goto service-"), "{verdict}");
     assert!(verdict.ends_with("-default/web/tcp/http"), "{verdict}");
@@ -137,12 +142,12 @@ fn no_endpoints_rejects_and_local_policy_without_local_endpoints_drops() {
     for key in ["10.96.0.10 . tcp . 80", "203.0.113.7 . tcp . 80"] {
         assert_eq!(
             element(&objs, Container::NoEndpointServices, key),
-            Some(&Some("goto reject-chain".into()))
+            Some(Some("goto reject-chain".into()))
         );
     }
     assert_eq!(
         element(&objs, Container::NoEndpointNodePorts, "tcp . 30080"),
-        Some(&Some("goto reject-chain".into()))
+        Some(Some("goto reject-chain".into()))
     );
 
     let objs = render4(
@@ -157,7 +162,7 @@ fn no_endpoints_rejects_and_local_policy_without_local_endpoints_drops() {
             Container::NoEndpointServices,
             "10.96.0.10 . tcp . 80"
         ),
-        Some(&Some("drop".into()))
+        Some(Some("drop".into()))
     );
     assert!(element(&objs, Container::ServiceIps, "10.96.0.10 . tcp . 80").is_none());
 }
@@ -174,12 +179,11 @@ fn external_policy_local_keeps_sources_and_short_circuits_pods_and_the_node() {
     );
     let np = element(&objs, Container::ServiceNodePorts, "tcp . 30080")
         .unwrap()
-        .as_deref()
         .unwrap();
     assert!(np.starts_with("goto external-"), "{np}");
     assert_eq!(
         element(&objs, Container::HealthCheckNodePorts, "32000"),
-        Some(&None)
+        Some(None)
     );
     let ext = chain(&objs, "external-");
     assert_eq!(ext.len(), 4, "{ext:#?}");
@@ -210,7 +214,7 @@ fn external_policy_local_keeps_sources_and_short_circuits_pods_and_the_node() {
     );
     assert_eq!(
         element(&objs, Container::NoEndpointNodePorts, "tcp . 30080"),
-        Some(&Some("drop".into()))
+        Some(Some("drop".into()))
     );
     assert!(element(&objs, Container::ServiceNodePorts, "tcp . 30080").is_some());
     assert!(!chain(&objs, "external-")
@@ -250,7 +254,6 @@ fn source_ranges_guard_lb_ips_only() {
     );
     let fw = element(&objs, Container::FirewallIps, "198.51.100.1 . tcp . 80")
         .unwrap()
-        .as_deref()
         .unwrap();
     assert!(fw.starts_with("goto firewall-"));
     assert!(element(&objs, Container::FirewallIps, "203.0.113.7 . tcp . 80").is_none());
@@ -316,13 +319,13 @@ fn full_plan_is_deterministic_and_has_every_piece() {
     let node = sample::node();
     let state = sample::many_services(50, 3);
     let ctxs = [ctx(IpFamily::V4, &settings, &node)];
-    let a = plan::plan_full(
+    let a = plan::plan_full_script(
         &ctxs,
         &[(IpFamily::V6, "kproxy")],
         &state,
         &AffinitySnapshot::default(),
     );
-    let b = plan::plan_full(
+    let b = plan::plan_full_script(
         &ctxs,
         &[(IpFamily::V6, "kproxy")],
         &state,
@@ -363,11 +366,20 @@ fn assert_incremental_equals_full(from: &ProxyState, to: &ProxyState, changed: &
     for family in [IpFamily::V4, IpFamily::V6] {
         let ctxs = [ctx(family, &settings, &node)];
         let snap = AffinitySnapshot::default();
-        let mut program: FamilyProgram =
-            plan::plan_full(&ctxs, &[], from, &snap).programs.remove(0);
+        let mut program: FamilyProgram = plan::plan_full_script(&ctxs, &[], from, &snap)
+            .programs
+            .remove(0);
         let mut script = String::new();
-        plan::plan_incremental(&ctxs[0], to, changed, &mut program, &mut script);
-        let full = plan::plan_full(&ctxs, &[], to, &snap).programs.remove(0);
+        plan::plan_incremental(
+            &ctxs[0],
+            to,
+            changed,
+            &mut program,
+            &mut Script::empty(&mut script),
+        );
+        let full = plan::plan_full_script(&ctxs, &[], to, &snap)
+            .programs
+            .remove(0);
         assert_eq!(
             program, full,
             "{family:?}: incremental script was:\n{script}"
@@ -420,12 +432,18 @@ fn incremental_equals_full_through_typical_changes() {
     let settings = sample::settings();
     let node = sample::node();
     let ctxs = [ctx(IpFamily::V4, &settings, &node)];
-    let mut program = plan::plan_full(&ctxs, &[], &s1, &AffinitySnapshot::default())
+    let mut program = plan::plan_full_script(&ctxs, &[], &s1, &AffinitySnapshot::default())
         .programs
         .remove(0);
     let mut script = String::new();
     assert_eq!(
-        plan::plan_incremental(&ctxs[0], &s1, &keys, &mut program, &mut script),
+        plan::plan_incremental(
+            &ctxs[0],
+            &s1,
+            &keys,
+            &mut program,
+            &mut Script::empty(&mut script)
+        ),
         0
     );
     assert!(script.is_empty(), "{script}");
@@ -450,7 +468,7 @@ fn shared_and_conflicting_elements_resolve_the_same_way_in_both_syncs() {
     let settings = sample::settings();
     let node = sample::node();
     let ctxs = [ctx(IpFamily::V4, &settings, &node)];
-    let full = plan::plan_full(&ctxs, &[], &both, &AffinitySnapshot::default());
+    let full = plan::plan_full_script(&ctxs, &[], &both, &AffinitySnapshot::default());
     assert_eq!(
         full.script.matches("\t203.0.113.1 . tcp . 80 : ").count(),
         1
@@ -461,10 +479,14 @@ fn shared_and_conflicting_elements_resolve_the_same_way_in_both_syncs() {
     );
     let winner = full.programs[0]
         .index
-        .effective(Container::ServiceIps, "203.0.113.1 . tcp . 80")
+        .effective(
+            Container::ServiceIps,
+            &ElemKey::AddrProtoPort(sample::ip("203.0.113.1"), Protocol::Tcp, 80),
+        )
         .unwrap()
         .clone()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(
         winner.contains("-a/svc/tcp/p1"),
         "the smallest key wins: {winner}"
@@ -475,7 +497,13 @@ fn shared_and_conflicting_elements_resolve_the_same_way_in_both_syncs() {
     let mut program = full.programs[0].clone();
     let mut script = String::new();
     let changed = [ServicePortKey::new("a", "svc", "p1", Protocol::Tcp)];
-    plan::plan_incremental(&ctxs[0], &after, &changed, &mut program, &mut script);
+    plan::plan_incremental(
+        &ctxs[0],
+        &after,
+        &changed,
+        &mut program,
+        &mut Script::empty(&mut script),
+    );
     assert!(
         !script.contains("delete element ip kproxy cluster-ips"),
         "{script}"
