@@ -3,5 +3,8 @@
 //!
 //! - [`conntrack`]: deletes stale UDP/SCTP conntrack entries over netlink after endpoints change,
 //!   as upstream kube-proxy does. Start with [`conntrack::clean_stale`].
+//! - [`sample`]: hand-built proxy states (a service-port builder, dual-stack settings, a node)
+//!   for the dataplanes' tests and benchmarks, so every plugin tests against the same shapes.
 
 pub mod conntrack;
+pub mod sample;

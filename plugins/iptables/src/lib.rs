@@ -1,0 +1,471 @@
+//! kproxy's iptables dataplane: kube-proxy's iptables mode in `KPROXY-*` chains, one
+//! `iptables-restore --noflush -w` per family per sync, with a service dispatch that grows
+//! logarithmically with the number of service ports.
+//!
+//! Where to start:
+//! - [`render`]: the pure translation of a service port into chains and dispatch entries
+//!   (upstream's rules with kproxy's prefix);
+//! - [`dispatch`]: upstream's linear dispatch list, or kproxy's tree of chains;
+//! - [`ruleset`]: one family's rules as a value, and the restore input for a full, partial or
+//!   cleanup sync;
+//! - [`restore`] and [`backend`]: the thin layer that runs `iptables-restore`/`-save` of the
+//!   back end the node uses;
+//! - [`IptablesDataplane`]: the plugin that ties them together.
+//!
+//! The plugin's README describes the chain layout and how to read it in `iptables-save`.
+
+pub mod backend;
+pub mod config;
+pub mod dispatch;
+pub mod names;
+pub mod render;
+pub mod restore;
+pub mod ruleset;
+
+#[cfg(test)]
+mod tests;
+
+use backend::Backend;
+use config::{BackendChoice, DispatchMode, IptablesConfig};
+use kproxy_dataplane_common::conntrack;
+use kproxy_plugin_api::{
+    abi_stable::std_types::Tuple2, export_plugin, Capabilities, ChangeSet, HostContext, IpFamily,
+    NodeFacts, Plugin, PluginError, PluginStats, Protocol, ProxySettings, ProxyState,
+    ServicePortKey, SyncReport,
+};
+use render::{FamilyCtx, PortRules};
+use restore::Tool;
+use ruleset::{Ruleset, Saved};
+use std::collections::BTreeMap;
+
+/// Counters reported through [`Plugin::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Successful syncs.
+    pub syncs: u64,
+    /// Successful full syncs.
+    pub full_syncs: u64,
+    /// Failed syncs.
+    pub failed_syncs: u64,
+    /// Partial syncs that found nothing to change and ran no restore.
+    pub noop_syncs: u64,
+    /// `iptables-restore` runs.
+    pub restores: u64,
+    /// Chains declared and rules written by successful syncs.
+    pub objects_written: u64,
+    /// Stale conntrack entries deleted.
+    pub conntrack_deleted: u64,
+    /// Conntrack cleanups that failed (logged; the sync itself still succeeded).
+    pub conntrack_failures: u64,
+}
+
+/// What one family's chains hold after the last successful sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyProgram {
+    /// The family.
+    pub family: IpFamily,
+    /// Every programmed service port's rendered rules, so a partial sync re-renders only the
+    /// changed ones.
+    pub ports: BTreeMap<ServicePortKey, PortRules>,
+    /// The ruleset as written.
+    pub written: Ruleset,
+}
+
+/// The iptables dataplane.
+pub struct IptablesDataplane {
+    config: IptablesConfig,
+    settings: ProxySettings,
+    /// The back end, chosen at the first sync (detection only reads).
+    backend: Option<Backend>,
+    /// Whether `nf_conntrack_tcp_be_liberal` is set; read at the first sync.
+    conntrack_liberal: Option<bool>,
+    /// One per enabled family after the last successful sync; `None` before the first one
+    /// and after a failure (the next sync is then full).
+    programs: Option<Vec<FamilyProgram>>,
+    /// The node facts the programs were rendered with.
+    node: Option<NodeFacts>,
+    counters: Counters,
+}
+
+impl IptablesDataplane {
+    /// Builds the dataplane from its config section and the host's context; touches nothing.
+    pub fn build(config: IptablesConfig, ctx: &HostContext) -> Self {
+        IptablesDataplane {
+            backend: match config.backend {
+                BackendChoice::Auto => None,
+                BackendChoice::Nft => Some(Backend::Nft),
+                BackendChoice::Legacy => Some(Backend::Legacy),
+            },
+            config,
+            settings: ctx.settings.clone(),
+            conntrack_liberal: None,
+            programs: None,
+            node: None,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The back end in use, once chosen.
+    pub fn backend(&self) -> Option<Backend> {
+        self.backend
+    }
+
+    /// What each family's chains hold after the last successful sync.
+    pub fn programs(&self) -> Option<&[FamilyProgram]> {
+        self.programs.as_deref()
+    }
+
+    fn families(&self) -> (Vec<IpFamily>, Vec<IpFamily>) {
+        let all = [
+            (IpFamily::V4, self.settings.ipv4),
+            (IpFamily::V6, self.settings.ipv6),
+        ];
+        (
+            all.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect(),
+            all.iter().filter(|(_, on)| !*on).map(|(f, _)| *f).collect(),
+        )
+    }
+
+    /// The back end's tools, detecting the back end on first use.
+    fn tool(&mut self) -> Tool {
+        let backend = *self.backend.get_or_insert_with(|| {
+            let (choice, nft, legacy) = backend::detect();
+            tracing::info!(
+                backend = choice.as_str(),
+                nft_rules = nft.rules,
+                nft_kubelet_hint = nft.kubelet_hint,
+                legacy_rules = legacy.rules,
+                legacy_kubelet_hint = legacy.kubelet_hint,
+                "iptables back end detected"
+            );
+            choice
+        });
+        Tool::new(backend)
+    }
+
+    /// One-time node set-up before the first sync: `route_localnet` for IPv4 localhost node
+    /// ports (as upstream), and whether conntrack is liberal.
+    fn prepare(&mut self, node: &NodeFacts) -> Result<bool, PluginError> {
+        if let Some(liberal) = self.conntrack_liberal {
+            return Ok(liberal);
+        }
+        let ctx = FamilyCtx {
+            family: IpFamily::V4,
+            settings: &self.settings,
+            node,
+            conntrack_liberal: false,
+        };
+        if self.settings.ipv4 && ctx.localhost_node_ports() {
+            let path = "/proc/sys/net/ipv4/conf/all/route_localnet";
+            std::fs::write(path, "1").map_err(|e| {
+                PluginError::kernel(format!(
+                    "cannot set {path} = 1 for localhost node ports ({e}); turn \
+                     localhost_node_ports off or leave loopback out of node_port_addresses"
+                ))
+            })?;
+        }
+        let liberal =
+            std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
+                .is_ok_and(|v| v.trim() != "0");
+        if liberal {
+            tracing::info!("nf_conntrack_tcp_be_liberal is set: no DROP rule for invalid packets");
+        }
+        self.conntrack_liberal = Some(liberal);
+        Ok(liberal)
+    }
+
+    /// Makes the kernel match `state`; see [`Plugin::sync`].
+    pub fn sync_state(
+        &mut self,
+        state: &ProxyState,
+        changes: &ChangeSet,
+    ) -> Result<SyncReport, PluginError> {
+        let result = self.sync_inner(state, changes);
+        match &result {
+            Ok(report) => {
+                self.counters.syncs += 1;
+                self.counters.full_syncs += u64::from(report.full);
+                self.counters.objects_written += report.objects_written;
+            }
+            Err(e) => {
+                self.counters.failed_syncs += 1;
+                // Each table of a restore is atomic, so the kernel holds either the old or the
+                // new rules of a table; which, the memory cannot tell: start over in full.
+                self.programs = None;
+                tracing::warn!(error = %e, "iptables sync failed; the next sync will be full");
+            }
+        }
+        result
+    }
+
+    fn sync_inner(
+        &mut self,
+        state: &ProxyState,
+        changes: &ChangeSet,
+    ) -> Result<SyncReport, PluginError> {
+        let tool = self.tool();
+        let liberal = self.prepare(&state.node)?;
+        let (enabled, disabled) = self.families();
+        let tree = self.config.dispatch == DispatchMode::Tree;
+        let full =
+            changes.full || self.programs.is_none() || self.node.as_ref() != Some(&state.node);
+        let mut objects = 0;
+        let mut restores = 0;
+
+        if full {
+            let mut programs = Vec::new();
+            for &family in &enabled {
+                let ctx = FamilyCtx {
+                    family,
+                    settings: &self.settings,
+                    node: &state.node,
+                    conntrack_liberal: liberal,
+                };
+                let ports: BTreeMap<ServicePortKey, PortRules> = state
+                    .services
+                    .iter()
+                    .filter_map(|sp| render::render_port(&ctx, sp).map(|r| (sp.key.clone(), r)))
+                    .collect();
+                let desired =
+                    ruleset::assemble(&render::render_globals(&ctx), ports.values(), tree);
+                let saved = Saved::parse(&tool.save(family)?);
+                let input = ruleset::full_restore(&desired, &saved);
+                tool.restore(family, &input.text)?;
+                restores += 1;
+                objects += input.objects;
+                programs.push(FamilyProgram {
+                    family,
+                    ports,
+                    written: desired,
+                });
+            }
+            for &family in &disabled {
+                // A family turned off keeps nothing of kproxy's.
+                if tool.available(family) {
+                    let saved = Saved::parse(&tool.save(family)?);
+                    if saved.has_kproxy() {
+                        tool.restore(family, &ruleset::cleanup_restore(&saved).text)?;
+                        restores += 1;
+                    }
+                }
+            }
+            self.programs = Some(programs);
+        } else {
+            let programs = self.programs.as_mut().expect("checked above");
+            for program in programs.iter_mut() {
+                let ctx = FamilyCtx {
+                    family: program.family,
+                    settings: &self.settings,
+                    node: &state.node,
+                    conntrack_liberal: liberal,
+                };
+                for key in changes.changed.iter() {
+                    match state.find(key).and_then(|sp| render::render_port(&ctx, sp)) {
+                        Some(rules) => {
+                            program.ports.insert(key.clone(), rules);
+                        }
+                        None => {
+                            program.ports.remove(key);
+                        }
+                    }
+                }
+                let desired =
+                    ruleset::assemble(&render::render_globals(&ctx), program.ports.values(), tree);
+                let input = ruleset::partial_restore(&program.written, &desired);
+                if !input.is_empty() {
+                    tool.restore(program.family, &input.text)?;
+                    restores += 1;
+                    objects += input.objects;
+                }
+                program.written = desired;
+            }
+            if restores == 0 {
+                self.counters.noop_syncs += 1;
+            }
+        }
+        self.counters.restores += restores;
+        self.node = Some(state.node.clone());
+        tracing::debug!(
+            full,
+            backend = tool.backend().as_str(),
+            restores,
+            objects,
+            "iptables sync applied"
+        );
+
+        if self.config.conntrack_cleanup {
+            self.clean_conntrack(state, changes, full, &enabled);
+        }
+        let programs = self.programs.as_ref().expect("set on success");
+        let services = programs.iter().map(|p| p.ports.len()).max().unwrap_or(0);
+        Ok(SyncReport {
+            full,
+            services: services as u64,
+            endpoints: state.endpoint_count() as u64,
+            objects_written: objects,
+        })
+    }
+
+    /// Deletes stale UDP/SCTP conntrack entries after a sync that may have changed a UDP or
+    /// SCTP service port, with the implementation the nftables plugin shares. A failure is
+    /// logged and counted; it never fails the sync (the rules are in place).
+    fn clean_conntrack(
+        &mut self,
+        state: &ProxyState,
+        changes: &ChangeSet,
+        full: bool,
+        families: &[IpFamily],
+    ) {
+        let datagram = |p: Protocol| matches!(p, Protocol::Udp | Protocol::Sctp);
+        if !full && !changes.changed.iter().any(|k| datagram(k.protocol)) {
+            return;
+        }
+        match conntrack::clean_stale(state, families, &[Protocol::Udp, Protocol::Sctp]) {
+            Ok(report) => {
+                self.counters.conntrack_deleted += report.deleted;
+                if report.deleted > 0 {
+                    tracing::info!(
+                        deleted = report.deleted,
+                        scanned = report.scanned,
+                        "deleted stale conntrack entries"
+                    );
+                }
+            }
+            Err(e) => {
+                self.counters.conntrack_failures += 1;
+                tracing::warn!(error = %e, "stale conntrack cleanup failed");
+            }
+        }
+    }
+
+    /// Removes every kproxy chain and every jump into one, in both families and both back
+    /// ends (kproxy may have used either), and nothing else.
+    pub fn cleanup_chains(&mut self) -> Result<(), PluginError> {
+        let mut errors = Vec::new();
+        for backend in Backend::ALL {
+            let tool = Tool::new(backend);
+            for family in [IpFamily::V4, IpFamily::V6] {
+                if !tool.available(family) {
+                    continue;
+                }
+                let result = tool.save(family).and_then(|text| {
+                    let saved = Saved::parse(&text);
+                    if saved.has_kproxy() {
+                        tool.restore(family, &ruleset::cleanup_restore(&saved).text)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = result {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        self.programs = None;
+        self.node = None;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(PluginError::kernel(errors.join("; ")))
+        }
+    }
+}
+
+/// The whole ruleset of one family for `state`, as a full sync would write it: for tests,
+/// benchmarks and anyone who wants to read what kproxy would program without a kernel.
+pub fn desired_ruleset(
+    settings: &ProxySettings,
+    state: &ProxyState,
+    family: IpFamily,
+    dispatch: DispatchMode,
+    conntrack_liberal: bool,
+) -> Ruleset {
+    let ctx = FamilyCtx {
+        family,
+        settings,
+        node: &state.node,
+        conntrack_liberal,
+    };
+    let ports: Vec<PortRules> = state
+        .services
+        .iter()
+        .filter_map(|sp| render::render_port(&ctx, sp))
+        .collect();
+    ruleset::assemble(
+        &render::render_globals(&ctx),
+        &ports,
+        dispatch == DispatchMode::Tree,
+    )
+}
+
+impl Plugin for IptablesDataplane {
+    const NAME: &'static str = "iptables";
+    const DESCRIPTION: &'static str =
+        "kube-proxy's iptables mode in KPROXY-* chains, one iptables-restore per family per sync, tree dispatch";
+
+    fn capabilities() -> Capabilities {
+        Capabilities::CLUSTER_IP
+            | Capabilities::NODE_PORT
+            | Capabilities::EXTERNAL_IP
+            | Capabilities::LOAD_BALANCER
+            | Capabilities::SOURCE_RANGES
+            | Capabilities::SESSION_AFFINITY
+            | Capabilities::INTERNAL_TRAFFIC_LOCAL
+            | Capabilities::EXTERNAL_TRAFFIC_LOCAL
+            | Capabilities::TCP
+            | Capabilities::UDP
+            | Capabilities::SCTP
+            | Capabilities::IPV4
+            | Capabilities::IPV6
+            | Capabilities::INCREMENTAL
+    }
+
+    fn validate_config(plugin_config: &str) -> Result<(), PluginError> {
+        IptablesConfig::parse(plugin_config).map(|_| ())
+    }
+
+    fn new(ctx: &HostContext) -> Result<Self, PluginError> {
+        let config = IptablesConfig::parse(ctx.plugin_config.as_str())?;
+        if ctx.settings.masquerade_bit > 31 {
+            return Err(PluginError::config(format!(
+                "masquerade bit {} is outside 0–31",
+                ctx.settings.masquerade_bit
+            )));
+        }
+        Ok(IptablesDataplane::build(config, ctx))
+    }
+
+    fn sync(&mut self, state: &ProxyState, changes: &ChangeSet) -> Result<SyncReport, PluginError> {
+        self.sync_state(state, changes)
+    }
+
+    fn cleanup(&mut self) -> Result<(), PluginError> {
+        self.cleanup_chains()
+    }
+
+    fn stats(&self) -> PluginStats {
+        let c = self.counters;
+        let counters = [
+            ("syncs", c.syncs),
+            ("full_syncs", c.full_syncs),
+            ("failed_syncs", c.failed_syncs),
+            ("noop_syncs", c.noop_syncs),
+            ("restores", c.restores),
+            ("objects_written", c.objects_written),
+            ("conntrack_entries_deleted", c.conntrack_deleted),
+            ("conntrack_cleanup_failures", c.conntrack_failures),
+        ];
+        PluginStats {
+            counters: counters
+                .into_iter()
+                .map(|(name, value)| Tuple2(name.into(), value))
+                .collect(),
+        }
+    }
+}
+
+export_plugin!(IptablesDataplane);

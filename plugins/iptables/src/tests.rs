@@ -1,0 +1,438 @@
+//! Renderer and restore-planner tests: what a service port turns into, and what a full,
+//! partial and cleanup restore writes. No kernel needed.
+
+use crate::{
+    config::DispatchMode,
+    desired_ruleset, names,
+    render::Table,
+    ruleset::{self, Ruleset, Saved},
+};
+use kproxy_dataplane_common::sample::{self, PortBuilder};
+use kproxy_plugin_api::{IpFamily, IpMode, Protocol, ProxySettings, ProxyState};
+
+fn v4(state: &ProxyState) -> Ruleset {
+    desired_ruleset(
+        &sample::settings(),
+        state,
+        IpFamily::V4,
+        DispatchMode::Tree,
+        false,
+    )
+}
+
+fn chain<'a>(rs: &'a Ruleset, table: Table, name: &str) -> &'a Vec<String> {
+    rs.tables[&table].get(name).unwrap_or_else(|| {
+        panic!(
+            "no {name} in {}: {:#?}",
+            table.name(),
+            rs.tables[&table].keys()
+        )
+    })
+}
+
+fn web() -> PortBuilder {
+    PortBuilder::new(
+        "default",
+        "web",
+        "http",
+        Protocol::Tcp,
+        "10.96.0.10,fd00:96::10",
+        80,
+    )
+}
+
+#[test]
+fn a_cluster_ip_service_dispatches_balances_and_dnats_as_upstream() {
+    let state = sample::state(vec![web()
+        .endpoint("10.244.1.5", 8080, true)
+        .endpoint("10.244.2.6", 8080, false)
+        .build()]);
+    let rs = v4(&state);
+    let key = &state.services[0].key;
+    let svc = names::service_chain(names::Kind::ClusterPolicy, key);
+    assert_eq!(
+        chain(&rs, Table::Nat, names::SERVICES)[0],
+        format!(
+            "-d 10.96.0.10/32 -p tcp -m comment --comment \"default/web:http cluster IP\" -m tcp --dport 80 -j {svc}"
+        )
+    );
+    let rules = chain(&rs, Table::Nat, &svc);
+    assert_eq!(
+        rules[0],
+        format!(
+            "! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp -m comment --comment \"default/web:http cluster IP\" -m tcp --dport 80 -j {}",
+            names::MARK_MASQ
+        )
+    );
+    let sep_a = names::endpoint_chain(key, sample::ip("10.244.1.5"), 8080);
+    let sep_b = names::endpoint_chain(key, sample::ip("10.244.2.6"), 8080);
+    assert!(
+        rules[1].contains("-m statistic --mode random --probability 0.5000000000")
+            && rules[1].ends_with(&format!("-j {sep_a}")),
+        "{rules:#?}"
+    );
+    assert!(!rules[2].contains("statistic") && rules[2].ends_with(&format!("-j {sep_b}")));
+    assert_eq!(
+        chain(&rs, Table::Nat, &sep_a),
+        &vec![
+            format!("-s 10.244.1.5/32 -m comment --comment \"default/web:http\" -j {}", names::MARK_MASQ),
+            "-p tcp -m comment --comment \"default/web:http\" -m tcp -j DNAT --to-destination 10.244.1.5:8080".to_string(),
+        ]
+    );
+    // Nothing in filter for a service with endpoints.
+    assert!(chain(&rs, Table::Filter, names::SERVICES).is_empty());
+    // The IPv6 family sees its own cluster IP, and no endpoints: a reject.
+    let rs6 = desired_ruleset(
+        &sample::settings(),
+        &state,
+        IpFamily::V6,
+        DispatchMode::Tree,
+        false,
+    );
+    assert_eq!(
+        chain(&rs6, Table::Filter, names::SERVICES),
+        &vec!["-d fd00:96::10/128 -p tcp -m comment --comment \"default/web:http has no endpoints\" -m tcp --dport 80 -j REJECT --reject-with tcp-reset".to_string()]
+    );
+}
+
+#[test]
+fn no_endpoints_rejects_everywhere_in_filter() {
+    let state = sample::state(vec![PortBuilder::new(
+        "default",
+        "empty",
+        "dns",
+        Protocol::Udp,
+        "10.96.0.53",
+        53,
+    )
+    .node_port(30053)
+    .external_ip("203.0.113.5")
+    .lb_ip("198.51.100.5", IpMode::Vip)
+    .build()]);
+    let rs = v4(&state);
+    let nat_chains: Vec<&String> = rs.tables[&Table::Nat].keys().collect();
+    assert!(
+        nat_chains
+            .iter()
+            .all(|c| !c.starts_with("KPROXY-SVC-") && !c.starts_with("KPROXY-EXT-")),
+        "{nat_chains:?}"
+    );
+    assert!(chain(&rs, Table::Filter, names::SERVICES)[0].ends_with("-j REJECT"));
+    let ext = chain(&rs, Table::Filter, names::EXTERNAL_SERVICES);
+    assert_eq!(ext.len(), 3, "{ext:#?}");
+    assert!(ext[0].starts_with("-d 198.51.100.5/32 -p udp") && ext[0].ends_with("-j REJECT"));
+    assert!(ext[1].starts_with("-d 203.0.113.5/32 -p udp"));
+    assert!(ext[2].ends_with(&format!(
+        "-m addrtype --dst-type LOCAL -j {}",
+        names::EXTERNAL_NODEPORTS
+    )));
+    assert_eq!(
+        chain(&rs, Table::Filter, names::EXTERNAL_NODEPORTS),
+        &vec!["-p udp -m comment --comment \"default/empty:dns has no endpoints\" -m udp --dport 30053 -j REJECT".to_string()]
+    );
+}
+
+#[test]
+fn external_policy_local_without_local_endpoints_short_circuits_then_drops() {
+    let state = sample::state(vec![PortBuilder::new(
+        "default",
+        "lb",
+        "",
+        Protocol::Tcp,
+        "10.96.0.30",
+        443,
+    )
+    .node_port(30443)
+    .external_local(32000)
+    .endpoint("10.244.2.9", 8443, false)
+    .build()]);
+    let rs = v4(&state);
+    let key = &state.services[0].key;
+    let ext = names::service_chain(names::Kind::External, key);
+    let svc = names::service_chain(names::Kind::ClusterPolicy, key);
+    assert_eq!(
+        chain(&rs, Table::Nat, names::NODEPORTS),
+        &vec![format!(
+            "-p tcp -m comment --comment \"default/lb\" -m tcp --dport 30443 -j {ext}"
+        )]
+    );
+    let rules = chain(&rs, Table::Nat, &ext);
+    assert_eq!(rules.len(), 3, "{rules:#?}");
+    assert!(rules[0].starts_with("-s 10.244.0.0/16 ") && rules[0].ends_with(&format!("-j {svc}")));
+    assert!(rules[1].contains("--src-type LOCAL") && rules[1].ends_with(names::MARK_MASQ));
+    assert!(rules[2].contains("--src-type LOCAL") && rules[2].ends_with(&svc));
+    assert_eq!(
+        chain(&rs, Table::Filter, names::EXTERNAL_NODEPORTS),
+        &vec!["-p tcp -m comment --comment \"default/lb has no local endpoints\" -m tcp --dport 30443 -j DROP".to_string()]
+    );
+    assert_eq!(
+        chain(&rs, Table::Filter, names::NODEPORTS),
+        &vec!["-p tcp -m comment --comment \"default/lb health check node port\" -m tcp --dport 32000 -j ACCEPT".to_string()]
+    );
+    // The cluster IP still reaches the remote endpoint.
+    assert!(chain(&rs, Table::Nat, names::SERVICES)[0].ends_with(&format!("-j {svc}")));
+}
+
+#[test]
+fn affinity_uses_the_recent_match_with_its_timeout() {
+    let state = sample::state(vec![PortBuilder::new(
+        "kube-system",
+        "dns",
+        "dns",
+        Protocol::Udp,
+        "10.96.0.53",
+        53,
+    )
+    .affinity(300)
+    .endpoint("10.244.1.7", 53, true)
+    .endpoint("10.244.1.8", 53, true)
+    .build()]);
+    let rs = v4(&state);
+    let key = &state.services[0].key;
+    let svc = chain(
+        &rs,
+        Table::Nat,
+        &names::service_chain(names::Kind::ClusterPolicy, key),
+    );
+    let sep = names::endpoint_chain(key, sample::ip("10.244.1.7"), 53);
+    assert!(
+        svc[1].contains(&format!(
+            "-m recent --rcheck --seconds 300 --reap --name {sep} --mask 255.255.255.255 --rsource -j {sep}"
+        )),
+        "{svc:#?}"
+    );
+    assert!(chain(&rs, Table::Nat, &sep)[1].contains(&format!(
+        "-m recent --set --name {sep} --mask 255.255.255.255 --rsource -m udp -j DNAT"
+    )));
+}
+
+#[test]
+fn source_ranges_guard_lb_ips_only() {
+    let state = sample::state(vec![PortBuilder::new(
+        "default",
+        "lb",
+        "",
+        Protocol::Tcp,
+        "10.96.0.30",
+        443,
+    )
+    .lb_ip("198.51.100.1", IpMode::Vip)
+    .lb_ip("198.51.100.2", IpMode::Proxy)
+    .source_range("203.0.113.0/24")
+    .node_port(30081)
+    .endpoint("10.244.1.9", 8443, true)
+    .build()]);
+    let rs = v4(&state);
+    let key = &state.services[0].key;
+    let fw = names::service_chain(names::Kind::Firewall, key);
+    let ext = names::service_chain(names::Kind::External, key);
+    let services = chain(&rs, Table::Nat, names::SERVICES);
+    assert!(services
+        .iter()
+        .any(|r| r.starts_with("-d 198.51.100.1/32") && r.ends_with(&fw)));
+    assert!(
+        !services.iter().any(|r| r.contains("198.51.100.2")),
+        "ipMode Proxy is left alone"
+    );
+    assert_eq!(
+        chain(&rs, Table::Nat, &fw)[0],
+        format!("-s 203.0.113.0/24 -m comment --comment \"default/lb loadbalancer IP\" -j {ext}")
+    );
+    assert!(chain(&rs, Table::Filter, names::PROXY_FIREWALL)[0].ends_with("-j DROP"));
+    // The node port goes straight to the external chain.
+    assert!(chain(&rs, Table::Nat, names::NODEPORTS)[0].ends_with(&ext));
+}
+
+#[test]
+fn localhost_node_ports_are_ipv4_only_with_the_anti_martian_rule() {
+    let mut settings = sample::settings();
+    settings.localhost_node_ports = true;
+    let state = sample::state(vec![]);
+    let v4 = desired_ruleset(&settings, &state, IpFamily::V4, DispatchMode::Tree, false);
+    let tail = chain(&v4, Table::Nat, names::SERVICES)
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        tail.starts_with("-m comment") && tail.ends_with(names::NODEPORTS),
+        "{tail}"
+    );
+    assert!(chain(&v4, Table::Filter, names::FIREWALL)[0].contains("-d 127.0.0.0/8"));
+    assert!(v4
+        .jumps
+        .iter()
+        .any(|j| j.from == "OUTPUT" && j.rule.ends_with(names::FIREWALL)));
+    let v6 = desired_ruleset(&settings, &state, IpFamily::V6, DispatchMode::Tree, false);
+    assert!(chain(&v6, Table::Nat, names::SERVICES)[0].starts_with("! -d ::1/128 "));
+    assert!(!v6.tables[&Table::Filter].contains_key(names::FIREWALL));
+    settings.localhost_node_ports = false;
+    let off = desired_ruleset(&settings, &state, IpFamily::V4, DispatchMode::Tree, false);
+    assert!(chain(&off, Table::Nat, names::SERVICES)[0].starts_with("! -d 127.0.0.0/8 "));
+    assert!(!off.tables[&Table::Filter].contains_key(names::FIREWALL));
+}
+
+#[test]
+fn node_port_addresses_limit_the_node_port_jump() {
+    let mut settings: ProxySettings = sample::settings();
+    settings.node_port_addresses =
+        vec![sample::cidr("192.168.0.0/24"), sample::cidr("fd00::/8")].into();
+    let rs = desired_ruleset(
+        &settings,
+        &sample::state(vec![]),
+        IpFamily::V4,
+        DispatchMode::Tree,
+        false,
+    );
+    assert_eq!(
+        chain(&rs, Table::Nat, names::SERVICES),
+        &vec![format!(
+            "-d 192.168.0.0/24 -m comment --comment \"kproxy service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j {}",
+            names::NODEPORTS
+        )]
+    );
+}
+
+#[test]
+fn masquerade_all_masquerades_every_cluster_ip_connection() {
+    let mut settings = sample::settings();
+    settings.masquerade_all = true;
+    let state = sample::state(vec![web().endpoint("10.244.1.5", 8080, true).build()]);
+    let rs = desired_ruleset(&settings, &state, IpFamily::V4, DispatchMode::Tree, false);
+    let svc = names::service_chain(names::Kind::ClusterPolicy, &state.services[0].key);
+    assert!(chain(&rs, Table::Nat, &svc)[0].starts_with("-d 10.96.0.10/32 -p tcp"));
+}
+
+fn many(n: usize) -> ProxyState {
+    sample::many_services(n, 2)
+}
+
+#[test]
+fn tree_and_linear_hold_the_same_service_chains() {
+    let state = many(300);
+    let tree = v4(&state);
+    let linear = desired_ruleset(
+        &sample::settings(),
+        &state,
+        IpFamily::V4,
+        DispatchMode::Linear,
+        false,
+    );
+    let services = |rs: &Ruleset| -> Vec<String> {
+        rs.tables[&Table::Nat]
+            .iter()
+            .filter(|(c, _)| !c.starts_with("KPROXY-DSP-"))
+            .filter(|(c, _)| c.as_str() != names::SERVICES && c.as_str() != names::NODEPORTS)
+            .map(|(c, r)| format!("{c}{r:?}"))
+            .collect()
+    };
+    assert_eq!(services(&tree), services(&linear));
+    assert_eq!(chain(&linear, Table::Nat, names::SERVICES).len(), 301);
+    assert!(chain(&tree, Table::Nat, names::SERVICES).len() <= 17);
+    assert!(tree.tables[&Table::Nat]
+        .keys()
+        .any(|c| c.starts_with("KPROXY-DSP-")));
+}
+
+#[test]
+fn a_partial_restore_writes_only_the_changed_service_and_its_dispatch_path() {
+    let before = many(2000);
+    let mut after = before.clone();
+    let mut services = after.services.to_vec();
+    services[1234].endpoints.truncate(1);
+    after = sample::state(services);
+    let old = v4(&before);
+    let new = v4(&after);
+    let restore = ruleset::partial_restore(&old, &new);
+    let declared: Vec<&str> = restore
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .collect();
+    // The service chain, the removed endpoint chain; nothing in dispatch (the service keeps its
+    // entry) and nothing in filter.
+    assert_eq!(declared.len(), 2, "{}", restore.text);
+    assert!(!restore.text.contains("*filter"));
+    assert_eq!(
+        restore
+            .text
+            .lines()
+            .filter(|l| l.starts_with("-X "))
+            .count(),
+        1
+    );
+    // Applying the partial restore to the old ruleset gives the new one.
+    assert_eq!(
+        ruleset::partial_restore(&new, &new),
+        ruleset::Restore::default()
+    );
+
+    // A new service rewrites the dispatch chains on its path only.
+    let mut added = after.services.to_vec();
+    added.push(
+        PortBuilder::new("zz", "new", "", Protocol::Tcp, "10.96.200.1", 80)
+            .endpoint("10.244.1.200", 80, true)
+            .build(),
+    );
+    let with_new = v4(&sample::state(added));
+    let restore = ruleset::partial_restore(&new, &with_new);
+    let dispatch_declared = restore
+        .text
+        .lines()
+        .filter(|l| l.starts_with(":KPROXY-DSP-") || l.starts_with(":KPROXY-SERVICES"))
+        .count();
+    assert!(dispatch_declared <= 4, "{}", restore.text);
+}
+
+#[test]
+fn a_full_restore_deletes_stale_chains_and_fixes_jumps_only() {
+    let state = sample::state(vec![web().endpoint("10.244.1.5", 8080, true).build()]);
+    let desired = v4(&state);
+    let jumps: String = desired
+        .jumps
+        .iter()
+        .filter(|j| j.table == Table::Nat)
+        .map(|j| format!("-A {} {}\n", j.from, j.rule))
+        .collect();
+    let saved = Saved::parse(&format!(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+         :KUBE-SERVICES - [0:0]\n:KPROXY-SVC-STALE - [0:0]\n{jumps}\
+         -A PREROUTING -j KUBE-SERVICES\nCOMMIT\n\
+         *filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"kproxy old\" -j KPROXY-GONE\n\
+         -A INPUT -j ACCEPT\n:KPROXY-GONE - [0:0]\nCOMMIT\n"
+    ));
+    let restore = ruleset::full_restore(&desired, &saved);
+    let text = &restore.text;
+    assert!(text.contains(":KPROXY-SVC-STALE - [0:0]\n") && text.contains("-X KPROXY-SVC-STALE\n"));
+    assert!(
+        !text.contains("KUBE-SERVICES"),
+        "a kube-proxy's chains are not ours: {text}"
+    );
+    // nat jumps were all there: untouched.
+    let nat = &text[text.find("*nat").unwrap()..];
+    assert!(!nat.contains("-I ") && !nat.contains("-D "), "{nat}");
+    // filter: the stray jump goes, ours come in at the top, other rules stay.
+    assert!(text.contains("-D INPUT -m comment --comment \"kproxy old\" -j KPROXY-GONE\n"));
+    assert!(text.contains(&format!(
+        "-I INPUT 1 -m conntrack --ctstate NEW -m comment --comment \"kproxy load balancer firewall\" -j {}\n",
+        names::PROXY_FIREWALL
+    )));
+    assert!(!text.contains("-D INPUT -j ACCEPT"));
+    assert!(text.contains("-X KPROXY-GONE\n"));
+}
+
+#[test]
+fn cleanup_removes_only_kproxy() {
+    let saved = Saved::parse(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:KPROXY-SERVICES - [0:0]\n:KUBE-SERVICES - [0:0]\n\
+         -A PREROUTING -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES\n\
+         -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A KPROXY-SERVICES -j RETURN\nCOMMIT\n",
+    );
+    assert!(saved.has_kproxy());
+    let text = ruleset::cleanup_restore(&saved).text;
+    assert_eq!(
+        text,
+        "*nat\n:KPROXY-SERVICES - [0:0]\n-D PREROUTING -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES\n-X KPROXY-SERVICES\nCOMMIT\n"
+    );
+    assert!(!Saved::parse("*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n").has_kproxy());
+}
