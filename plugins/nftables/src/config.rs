@@ -14,8 +14,23 @@ pub struct NftConfig {
     /// (default true). Turning it off leaves clients of a removed endpoint stuck until their
     /// conntrack entry times out.
     pub conntrack_cleanup: bool,
-    /// The `nft` binary to run (default `nft`, looked up in `PATH`).
+    /// The `nft` binary to run (default `nft`, looked up in `PATH`): for reading ClientIP
+    /// affinity entries, for `cleanup`, and for every sync when `writer = "nft"`.
     pub nft_path: String,
+    /// How syncs reach the kernel (default `netlink`).
+    pub writer: Writer,
+}
+
+/// How a sync's transaction reaches the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Writer {
+    /// One nf_tables netlink batch written by kproxy itself: no `nft` process, no cache of the
+    /// table loaded first (a one-endpoint change costs milliseconds, not a reload of the table).
+    #[default]
+    Netlink,
+    /// `nft -f -` of the same transaction as text (slower; for comparison and debugging).
+    Nft,
 }
 
 impl Default for NftConfig {
@@ -24,6 +39,7 @@ impl Default for NftConfig {
             table: "kproxy".into(),
             conntrack_cleanup: true,
             nft_path: "nft".into(),
+            writer: Writer::Netlink,
         }
     }
 }
@@ -80,6 +96,10 @@ mod tests {
         let c = NftConfig::parse("table = \"kp-test\"\nconntrack_cleanup = false\n").unwrap();
         assert_eq!(c.table, "kp-test");
         assert!(!c.conntrack_cleanup);
+        assert_eq!(c.writer, Writer::Netlink);
+        let nft = NftConfig::parse("writer = \"nft\"").unwrap();
+        assert_eq!(nft.writer, Writer::Nft);
+        assert!(NftConfig::parse("writer = \"iptables\"").is_err());
     }
 
     #[test]

@@ -1,19 +1,21 @@
 //! kproxy's nftables dataplane: one table per family (`ip kproxy`, `ip6 kproxy`) with verdict
 //! maps keyed by address, protocol and port, so the cost of a lookup does not grow with the
 //! number of services; one chain per service port that picks an endpoint evenly at random and
-//! DNATs; every sync applied as one `nft -f` transaction.
+//! DNATs; every sync applied as one nf_tables transaction (a netlink batch, or `nft -f`).
 //!
 //! Where to start:
 //! - [`render`]: the pure translation of a service port into chains, sets and map elements
 //!   (upstream kube-proxy's nftables layout and semantics);
 //! - [`plan`]: full and incremental scripts, and the memory of what the table holds;
-//! - [`nft`]: the thin layer that runs `nft`;
+//! - [`netlink`]: the writer that sends a transaction to the kernel as one netlink batch;
+//! - [`nft`]: the thin layer that runs `nft` (the text writer, affinity snapshots, cleanup);
 //! - [`NftablesDataplane`]: the plugin that ties them together.
 //!
 //! The plugin's README describes the table and how to inspect it.
 
 pub mod config;
 pub mod names;
+pub mod netlink;
 pub mod nft;
 pub mod plan;
 pub mod render;
@@ -24,7 +26,7 @@ pub mod script;
 #[cfg(test)]
 mod tests;
 
-use config::NftConfig;
+use config::{NftConfig, Writer};
 use kproxy_dataplane_common::conntrack;
 use kproxy_plugin_api::{
     abi_stable::std_types::Tuple2, export_plugin, Capabilities, ChangeSet, HostContext, IpFamily,
@@ -33,6 +35,7 @@ use kproxy_plugin_api::{
 use nft::Nft;
 use plan::{AffinitySnapshot, FamilyProgram};
 use render::FamilyCtx;
+use script::Sink as _;
 
 /// Counters reported through [`Plugin::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,6 +66,11 @@ pub struct NftablesDataplane {
     programs: Option<Vec<FamilyProgram>>,
     /// The node facts the programs were rendered with (pod CIDRs and addresses appear in rules).
     node: Option<NodeFacts>,
+    /// The nf_tables netlink socket (opened at the first netlink sync, in the namespace of the
+    /// thread that syncs).
+    socket: Option<netlink::NetlinkSocket>,
+    /// Numbers the anonymous sets this process has written, so their names never repeat.
+    anon_names: u64,
     counters: Counters,
 }
 
@@ -75,6 +83,8 @@ impl NftablesDataplane {
             settings: ctx.settings.clone(),
             programs: None,
             node: None,
+            socket: None,
+            anon_names: 0,
             counters: Counters::default(),
         }
     }
@@ -152,32 +162,70 @@ impl NftablesDataplane {
                 AffinitySnapshot::default()
             };
             let disabled: Vec<(IpFamily, &str)> = disabled.iter().map(|f| (*f, table)).collect();
-            let plan = plan::plan_full_script(&ctxs, &disabled, state, &snapshot);
-            self.nft.apply(&plan.script)?;
-            self.programs = Some(plan.programs);
-            (plan.script.len(), plan.objects)
+            match self.config.writer {
+                Writer::Netlink => {
+                    let socket = open_socket(&mut self.socket)?;
+                    let mut batch = netlink::Batch::new(&mut self.anon_names, false);
+                    let programs = plan::plan_full(&ctxs, &disabled, state, &snapshot, &mut batch);
+                    let (bytes, objects) = (batch.len(), batch.objects());
+                    socket.commit(batch)?;
+                    self.programs = Some(programs);
+                    (bytes, objects)
+                }
+                Writer::Nft => {
+                    let plan = plan::plan_full_script(&ctxs, &disabled, state, &snapshot);
+                    self.nft.apply(&plan.script)?;
+                    self.programs = Some(plan.programs);
+                    (plan.script.len(), plan.objects)
+                }
+            }
         } else {
             let programs = self.programs.as_mut().expect("checked above");
-            let mut script = String::new();
             let mut objects = 0;
-            let mut sink = script::Script::empty(&mut script);
-            for (ctx, program) in ctxs.iter().zip(programs.iter_mut()) {
-                objects += plan::plan_incremental(ctx, state, &changes.changed, program, &mut sink);
+            match self.config.writer {
+                Writer::Netlink => {
+                    let socket = open_socket(&mut self.socket)?;
+                    let mut batch = netlink::Batch::new(&mut self.anon_names, true);
+                    for (ctx, program) in ctxs.iter().zip(programs.iter_mut()) {
+                        objects += plan::plan_incremental(
+                            ctx,
+                            state,
+                            &changes.changed,
+                            program,
+                            &mut batch,
+                        );
+                    }
+                    let bytes = batch.len();
+                    if batch.is_empty() {
+                        self.counters.noop_syncs += 1;
+                    } else {
+                        socket.commit(batch)?;
+                    }
+                    (bytes, objects)
+                }
+                Writer::Nft => {
+                    let mut script = String::new();
+                    let mut sink = script::Script::empty(&mut script);
+                    for (ctx, program) in ctxs.iter().zip(programs.iter_mut()) {
+                        objects += plan::plan_incremental(
+                            ctx,
+                            state,
+                            &changes.changed,
+                            program,
+                            &mut sink,
+                        );
+                    }
+                    if script.is_empty() {
+                        self.counters.noop_syncs += 1;
+                    } else {
+                        self.nft.apply(&script)?;
+                    }
+                    (script.len(), objects)
+                }
             }
-            if script.is_empty() {
-                self.counters.noop_syncs += 1;
-            } else {
-                self.nft.apply(&script)?;
-            }
-            (script.len(), objects)
         };
         self.node = Some(state.node.clone());
-        tracing::debug!(
-            full,
-            script_bytes = script,
-            objects,
-            "nftables sync applied"
-        );
+        tracing::debug!(full, bytes = script, objects, "nftables sync applied");
 
         if self.config.conntrack_cleanup {
             self.clean_conntrack(state, changes, full, &enabled);
@@ -231,6 +279,16 @@ impl NftablesDataplane {
         self.node = None;
         Ok(())
     }
+}
+
+/// The open netlink socket, opened on first use.
+fn open_socket(
+    slot: &mut Option<netlink::NetlinkSocket>,
+) -> Result<&mut netlink::NetlinkSocket, PluginError> {
+    if slot.is_none() {
+        *slot = Some(netlink::NetlinkSocket::open()?);
+    }
+    Ok(slot.as_mut().expect("just opened"))
 }
 
 impl Plugin for NftablesDataplane {

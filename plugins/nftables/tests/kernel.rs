@@ -182,54 +182,83 @@ fn a_full_sync_puts_a_hand_edited_table_right() {
 
 #[test]
 fn a_refused_transaction_keeps_the_old_rules_and_the_next_sync_is_full() {
-    let Some(ns) = Netns::create() else { return };
-    let a = state_a();
-    let mut bad = state_a();
-    // A namespace name the kernel cannot take in a chain name (the daemon validates names,
-    // but the plugin must fail cleanly if one slips through).
-    let mut services = bad.services.to_vec();
-    services.push(
-        PortBuilder::new("bad ns!", "svc", "", Protocol::Tcp, "10.96.0.99", 80)
-            .endpoint("10.244.1.99", 80, true)
-            .build(),
-    );
-    bad = sample::state(services);
-    ns.run(|| {
-        let mut dp = dataplane(sample::settings(), "");
-        dp.sync(&a, &full()).unwrap();
-        let before = ns.table("ip", "kproxy").unwrap();
-        let key = ServicePortKey::new("bad ns!", "svc", "", Protocol::Tcp);
-        let err = dp
-            .sync(
-                &bad,
-                &ChangeSet {
-                    full: false,
-                    changed: vec![key].into(),
-                },
-            )
-            .expect_err("nft must refuse the bad chain name");
-        assert_eq!(err.code, ErrorCode::Kernel);
-        assert!(err.retryable);
-        let m = err.message.as_str();
-        eprintln!("the refused sync said: {m}");
-        assert!(m.contains("`nft -f -` failed"), "{m}");
-        assert!(m.contains("at script line "), "{m}");
-        assert!(m.contains("bad ns!"), "the failing line is quoted: {m}");
-        assert!(
-            m.contains("Error:") || m.contains("error"),
-            "nft's message: {m}"
+    // The kernel refuses to delete a chain something still jumps to. A hand edit makes one of
+    // kproxy's endpoint chains such a target, and the next sync removes that endpoint.
+    for writer in ["netlink", "nft"] {
+        let Some(ns) = Netns::create() else { return };
+        let a = state_a();
+        let mut services = a.services.to_vec();
+        let web = services
+            .iter_mut()
+            .find(|s| s.key.name.as_str() == "web")
+            .expect("web");
+        let mut endpoints = web.endpoints.to_vec();
+        endpoints.retain(|e| e.ip.to_string() != "10.244.2.6");
+        web.endpoints = endpoints.into();
+        let without = sample::state(services);
+        let key = ServicePortKey::new("default", "web", "http", Protocol::Tcp);
+        let victim = kproxy_plugin_nftables::names::endpoint_object(
+            kproxy_plugin_nftables::names::Kind::Endpoint,
+            &key,
+            sample::ip("10.244.2.6"),
+            8080,
         );
-        assert_same_table(
-            &ns.table("ip", "kproxy").unwrap(),
-            &before,
-            "after the failure",
-        );
+        ns.run(|| {
+            let mut dp = dataplane(sample::settings(), &format!("writer = \"{writer}\""));
+            dp.sync(&a, &full()).unwrap();
+            ns.exec(&["nft", "add", "chain", "ip", "kproxy", "hand-made"]);
+            ns.exec(&[
+                "nft",
+                "add",
+                "rule",
+                "ip",
+                "kproxy",
+                "hand-made",
+                "jump",
+                &victim,
+            ]);
+            let before = ns.table("ip", "kproxy").unwrap();
+            let err = dp
+                .sync(
+                    &without,
+                    &ChangeSet {
+                        full: false,
+                        changed: vec![key.clone()].into(),
+                    },
+                )
+                .expect_err("the kernel must refuse to delete a chain in use");
+            assert_eq!(err.code, ErrorCode::Kernel);
+            assert!(err.retryable);
+            let m = err.message.as_str();
+            eprintln!("[{writer}] the refused sync said: {m}");
+            assert!(m.contains(&victim), "the refused object is named: {m}");
+            assert!(
+                m.to_lowercase().contains("busy"),
+                "the kernel's message (EBUSY): {m}"
+            );
+            if writer == "nft" {
+                assert!(m.contains("`nft -f -` failed"), "{m}");
+                assert!(m.contains("at script line "), "{m}");
+            } else {
+                assert!(m.contains("nf_tables netlink transaction"), "{m}");
+                assert!(m.contains("delete chain"), "{m}");
+            }
+            assert_same_table(
+                &ns.table("ip", "kproxy").unwrap(),
+                &before,
+                "after the failure",
+            );
 
-        // The next sync, even if only incremental was asked for, is full.
-        let report = dp.sync(&a, &changes(false, &a, &a)).unwrap();
-        assert!(report.full);
-        assert_eq!(dp.counters().failed_syncs, 1);
-    });
+            // The next sync, even if only incremental was asked for, is full: it re-creates
+            // the table (the hand edit goes) and succeeds.
+            let report = dp.sync(&without, &changes(false, &a, &without)).unwrap();
+            assert!(report.full);
+            assert_eq!(dp.counters().failed_syncs, 1);
+            let listing = ns.exec(&["nft", "list", "table", "ip", "kproxy"]);
+            assert!(!listing.contains("hand-made"), "{listing}");
+            assert!(!listing.contains(&victim), "{listing}");
+        });
+    }
 }
 
 #[test]
