@@ -291,6 +291,12 @@ impl Guest {
         self
     }
 
+    /// The guest's virtual CPUs (default 2).
+    pub fn cpus(&mut self, cpus: u32) -> &mut Self {
+        self.cpus = cpus.max(1);
+        self
+    }
+
     /// The guest's memory in MiB (default 1024).
     pub fn memory_mib(&mut self, mib: u32) -> &mut Self {
         self.memory_mib = mib;
@@ -546,14 +552,17 @@ impl GuestRun {
         self.exit_code == 0
     }
 
-    /// Whether the command exited 0 having run the test `name` and seen it pass (libtest's
-    /// `test <name> ... ok`), so a filter that matched nothing does not count as a pass.
+    /// Whether a [`Guest::run_test`] run exited 0 having started the test `name` and counted
+    /// exactly one passed test (libtest's `test <name> ... ` and `test result: ok. 1 passed;`),
+    /// so a filter that matched nothing does not count as a pass. (With `--nocapture` the test's
+    /// own output may stand between `test <name> ...` and its `ok`.)
     pub fn test_passed(&self, name: &str) -> bool {
         self.success()
+            && self.output.contains(&format!("test {name} ... "))
             && self
                 .output
                 .lines()
-                .any(|l| l.trim() == format!("test {name} ... ok"))
+                .any(|l| l.starts_with("test result: ok. 1 passed;"))
     }
 }
 
