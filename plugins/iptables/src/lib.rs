@@ -120,10 +120,14 @@ impl IptablesDataplane {
         self.programs.as_deref()
     }
 
+    /// The enabled and the disabled families, in the order syncs apply them: IPv6 first, IPv4
+    /// last. Each family is its own restore; applying them in a fixed order means an IPv4 change
+    /// that is visible (a health probe, the test lab's IPv4 sync marker) implies the IPv6 half
+    /// of the same sync is in place too.
     fn families(&self) -> (Vec<IpFamily>, Vec<IpFamily>) {
         let all = [
-            (IpFamily::V4, self.settings.ipv4),
             (IpFamily::V6, self.settings.ipv6),
+            (IpFamily::V4, self.settings.ipv4),
         ];
         (
             all.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect(),

@@ -33,8 +33,13 @@ pub enum Table {
 }
 
 impl Table {
-    /// Both tables, in the order a restore writes them (upstream's order).
-    pub const ALL: [Table; 2] = [Table::Filter, Table::Nat];
+    /// Both tables, in the order a restore writes them: nat first, then filter (upstream
+    /// writes filter first). iptables-legacy commits each table on its own, so the order is
+    /// the order the kernel sees them in: with nat first, a filter change that is visible (a
+    /// service's REJECT gone, a sync marker's REJECT in place) means the nat rules of the same
+    /// sync are in place too. A service that gains endpoints then works the moment its DNAT
+    /// lands (its REJECT matches the cluster IP, which DNAT has already rewritten).
+    pub const ALL: [Table; 2] = [Table::Nat, Table::Filter];
 
     /// The table's name.
     pub fn name(self) -> &'static str {

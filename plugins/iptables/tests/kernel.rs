@@ -275,7 +275,7 @@ fn a_refused_restore_keeps_the_old_rules_and_the_next_sync_is_full() {
                 "{m}"
             );
             assert!(m.contains("at input line") && m.contains("stderr:"), "{m}");
-            // The nat table was refused whole; filter (its own transaction) may have moved on.
+            // The nat table was refused whole (and filter, written after it, never applied).
             assert_eq!(
                 ns.save(backend, false)["nat"],
                 before["nat"],
