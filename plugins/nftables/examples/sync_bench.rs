@@ -67,13 +67,22 @@ fn run(ns: &str, services: usize, endpoints: usize) {
         full: true,
         changed: Default::default(),
     };
-    for round in 0..3 {
+    // KPNFT_ONLY_INCREMENTAL=<n>: one full sync, then n incremental ones (for profiling).
+    let only_incremental: Option<usize> = std::env::var("KPNFT_ONLY_INCREMENTAL")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let rounds = if only_incremental.is_some() { 1 } else { 3 };
+    for round in 0..rounds {
         let t = Instant::now();
         dp.sync(&state, &full).unwrap();
         println!(
             "full sync (render + nft -f) #{round}: {:.1} ms",
             t.elapsed().as_secs_f64() * 1e3
         );
+    }
+    if let Some(n) = only_incremental {
+        incremental(&mut dp, &state, n);
+        return;
     }
     let t = Instant::now();
     let (ok, _) = (
@@ -99,10 +108,14 @@ fn run(ns: &str, services: usize, endpoints: usize) {
         t.elapsed().as_secs_f64() * 1e3
     );
 
-    // One endpoint added to one service, 20 times.
+    incremental(&mut dp, &state, 20);
+}
+
+/// One endpoint added to one service, `n` times.
+fn incremental(dp: &mut NftablesDataplane, state: &kproxy_plugin_api::ProxyState, n: usize) {
     let mut times = Vec::new();
     let mut current = state.clone();
-    for i in 0..20 {
+    for i in 0..n {
         let mut next = current.clone();
         let idx = (i * 37) % next.services.len();
         let sp = &mut next.services[idx];
@@ -120,7 +133,7 @@ fn run(ns: &str, services: usize, endpoints: usize) {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "incremental one-endpoint sync: p50 {:.1} ms, max {:.1} ms (20 runs)",
+        "incremental one-endpoint sync: p50 {:.1} ms, max {:.1} ms ({n} runs)",
         times[times.len() / 2],
         times[times.len() - 1]
     );

@@ -117,7 +117,14 @@ const TYPE_BITS: u32 = 6;
 const UDATA_TABLE_COMMENT: u8 = 0;
 const UDATA_RULE_COMMENT: u8 = 0;
 const UDATA_SET_KEYBYTEORDER: u8 = 0;
+const UDATA_SET_DATABYTEORDER: u8 = 1;
 const UDATA_SET_MERGE_ELEMENTS: u8 = 2;
+const UDATA_SET_KEY_TYPEOF: u8 = 3;
+const UDATA_SET_DATA_TYPEOF: u8 = 4;
+const UDATA_SET_DATA_INTERVAL: u8 = 6;
+// nft's expression ids in `typeof` userdata.
+const TYPEOF_EXPR_VERDICT: u32 = 1;
+const TYPEOF_EXPR_NUMGEN: u32 = 23;
 const UDATA_SET_COMMENT: u8 = 7;
 const BYTEORDER_HOST: u32 = 1;
 const BYTEORDER_BIG: u32 = 2;
@@ -250,6 +257,22 @@ fn udata(items: &[(u8, &[u8])]) -> Vec<u8> {
     v
 }
 
+/// `typeof numgen random mod N` as nft stores it: the expression id and the expression's own
+/// userdata (type random, modulus, offset 0).
+fn numgen_typeof(modulus: u32) -> Vec<u8> {
+    let data = udata(&[
+        (0, &1u32.to_ne_bytes()),
+        (1, &modulus.to_ne_bytes()),
+        (2, &0u32.to_ne_bytes()),
+    ]);
+    udata(&[(0, &TYPEOF_EXPR_NUMGEN.to_ne_bytes()), (1, &data)])
+}
+
+/// `: verdict` in a `typeof` map, as nft stores it.
+fn verdict_typeof() -> Vec<u8> {
+    udata(&[(0, &TYPEOF_EXPR_VERDICT.to_ne_bytes()), (1, &[])])
+}
+
 fn comment_bytes(text: &str) -> Vec<u8> {
     // Userdata values are at most 255 bytes, NUL included.
     let mut b: Vec<u8> = text.as_bytes().iter().copied().take(254).collect();
@@ -291,6 +314,7 @@ fn key_bytes(key: &ElemKey) -> Vec<u8> {
             part(&port.to_be_bytes());
         }
         ElemKey::Port(port) => v.extend_from_slice(&port.to_be_bytes()),
+        ElemKey::Index(i) => v.extend_from_slice(&i.to_ne_bytes()),
     }
     v
 }
@@ -318,6 +342,7 @@ fn key_type(k: KeyType) -> (u32, u32, Vec<u32>, u32) {
             BYTEORDER_BIG,
         ),
         KeyType::Port => (TYPE_INET_SERVICE, 2, Vec::new(), BYTEORDER_BIG),
+        KeyType::Numgen(_) => (TYPE_INTEGER, 4, Vec::new(), BYTEORDER_HOST),
     }
 }
 
@@ -691,26 +716,9 @@ impl<'n> Batch<'n> {
                 }
                 e.lookup(REG_1, map, None, Some(REG_VERDICT), false);
             }
-            Action::NumgenVmap(chains) => {
-                let elems: Vec<(Vec<u8>, bool, Option<Verdict>)> = chains
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        (
-                            (i as u32).to_ne_bytes().to_vec(),
-                            false,
-                            Some(Verdict::Goto(c.clone())),
-                        )
-                    })
-                    .collect();
-                let (name, id) = self.anonymous_set(
-                    "__map",
-                    NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP,
-                    (TYPE_INTEGER, 4, BYTEORDER_HOST),
-                    &elems,
-                );
-                e.numgen(chains.len() as u32);
-                e.lookup(REG_1, &name, Some(id), Some(REG_VERDICT), false);
+            Action::NumgenMap { modulus, map } => {
+                e.numgen(*modulus);
+                e.lookup(REG_1, map, None, Some(REG_VERDICT), false);
             }
             Action::MarkOr(bit) => {
                 e.meta_load(META_MARK, REG_1);
@@ -1041,7 +1049,19 @@ impl Sink for Batch<'_> {
         let order = order.to_ne_bytes();
         let merge = 1u32.to_ne_bytes();
         let comment = spec.comment.map(comment_bytes);
+        let zero = 0u32.to_ne_bytes();
+        let (key_typeof, data_typeof) = match spec.key {
+            KeyType::Numgen(modulus) => (numgen_typeof(modulus), verdict_typeof()),
+            _ => (Vec::new(), Vec::new()),
+        };
         let mut items: Vec<(u8, &[u8])> = vec![(UDATA_SET_KEYBYTEORDER, &order)];
+        if !key_typeof.is_empty() {
+            // As nft writes `typeof numgen random mod N : verdict`.
+            items.push((UDATA_SET_DATABYTEORDER, &zero));
+            items.push((UDATA_SET_KEY_TYPEOF, &key_typeof));
+            items.push((UDATA_SET_DATA_TYPEOF, &data_typeof));
+            items.push((UDATA_SET_DATA_INTERVAL, &zero));
+        }
         if spec.interval {
             items.push((UDATA_SET_MERGE_ELEMENTS, &merge));
         }
@@ -1379,10 +1399,19 @@ mod tests {
         let mut b = Batch::new(&mut names, true);
         b.begin(IpFamily::V4, "kproxy");
         b.add_chain("c");
-        b.add_rule(
-            "c",
-            &Rule::new(Action::NumgenVmap(vec!["a".into(), "b".into()])),
+        let rule = Rule::when(
+            vec![Match::Addr {
+                family: IpFamily::V4,
+                dir: Dir::Src,
+                neg: true,
+                value: AddrValue::Set(vec![
+                    AddrItem::Prefix(cidr("10.0.0.0/8")),
+                    AddrItem::Prefix(cidr("192.168.0.0/16")),
+                ]),
+            }],
+            Action::Verdict(Verdict::Drop),
         );
+        b.add_rule("c", &rule);
         assert_eq!(b.objects(), 2);
         let (bytes, descs, first) = b.finish();
         // chain, anonymous set, its elements, the rule.
@@ -1399,7 +1428,7 @@ mod tests {
         assert_eq!(seq1, 2);
         assert_eq!(
             descs[3].rule.as_deref(),
-            Some("numgen random mod 2 vmap { 0 : goto a, 1 : goto b }")
+            Some("ip saddr != { 10.0.0.0/8, 192.168.0.0/16 } drop")
         );
     }
 }

@@ -8,7 +8,7 @@
 //! [`FamilyProgram`]; it ends with exactly what a full sync of the same state would write.
 
 use crate::{
-    render::{self, affinity_set_spec, Container, Element, FamilyCtx, PortObjects},
+    render::{self, affinity_set_spec, Container, Element, EndpointMap, FamilyCtx, PortObjects},
     rule::{ElemKey, Verdict},
     script::{ElemRef, Script, SetKey, Sink},
 };
@@ -168,6 +168,9 @@ pub fn plan_full(
             for chain in &objs.chains {
                 s.add_chain(&chain.name);
             }
+            for map in &objs.maps {
+                add_map(s, map);
+            }
             for chain in &objs.chains {
                 for rule in &chain.rules {
                     s.add_rule(&chain.name, rule);
@@ -191,6 +194,16 @@ pub fn plan_full(
         programs.push(program);
     }
     programs
+}
+
+/// Adds an endpoint map and its elements.
+fn add_map(s: &mut impl Sink, map: &EndpointMap) {
+    s.add_set(&map.spec());
+    let elements = map.elements();
+    s.add_elements(
+        &map.name,
+        elements.iter().map(|(k, v)| ElemRef::new(k, Some(v))),
+    );
 }
 
 /// Plans an incremental sync of one family: re-renders the `changed` service ports (absent from
@@ -260,6 +273,8 @@ pub fn plan_incremental(
     let mut flush = Vec::new();
     let mut delete_chains = Vec::new();
     let mut delete_sets = Vec::new();
+    let mut delete_maps = Vec::new();
+    let mut add_maps: Vec<EndpointMap> = Vec::new();
     let mut add_sets = Vec::new();
     let mut add_chains = Vec::new();
     let mut rules: Vec<(String, Vec<crate::rule::Rule>)> = Vec::new();
@@ -283,6 +298,28 @@ pub fn plan_incremental(
                 .get(s.name.as_str())
                 .is_some_and(|t| *t != s.timeout)
         });
+        // An endpoint map whose slots change is re-created too (its declaration names the
+        // modulus), so the chain that uses it is rewritten.
+        let new_maps: HashMap<&str, &EndpointMap> =
+            new.maps.iter().map(|m| (m.name.as_str(), m)).collect();
+        let old_maps: HashMap<&str, &EndpointMap> =
+            old.maps.iter().map(|m| (m.name.as_str(), m)).collect();
+        let maps_recreated: BTreeSet<&str> = old
+            .maps
+            .iter()
+            .filter(|m| new_maps.get(m.name.as_str()) != Some(m))
+            .map(|m| m.name.as_str())
+            .collect();
+        for m in &old.maps {
+            if maps_recreated.contains(m.name.as_str()) {
+                delete_maps.push(m.name.clone());
+            }
+        }
+        for m in &new.maps {
+            if old_maps.get(m.name.as_str()) != Some(&m) {
+                add_maps.push(m.clone());
+            }
+        }
         let old_chains: HashMap<&str, &Vec<crate::rule::Rule>> = old
             .chains
             .iter()
@@ -295,7 +332,11 @@ pub fn plan_incremental(
                     add_chains.push(chain.name.clone());
                     rules.push((chain.name.clone(), chain.rules.clone()));
                 }
-                Some(old_rules) if **old_rules != chain.rules || sets_recreated => {
+                Some(old_rules)
+                    if **old_rules != chain.rules
+                        || sets_recreated
+                        || maps_recreated.contains(chain.name.as_str()) =>
+                {
                     flush.push(chain.name.clone());
                     rules.push((chain.name.clone(), chain.rules.clone()));
                 }
@@ -338,17 +379,21 @@ pub fn plan_incremental(
     for name in &flush {
         s.flush_chain(name);
     }
+    // Sets and maps before chains: a map's elements jump to endpoint chains that may go.
+    for name in delete_maps.iter().chain(&delete_sets) {
+        s.delete_set(name);
+    }
     for name in &delete_chains {
         s.delete_chain(name);
-    }
-    for name in &delete_sets {
-        s.delete_set(name);
     }
     for (name, timeout) in &add_sets {
         s.add_set(&affinity_set_spec(name, ctx.family, *timeout));
     }
     for name in &add_chains {
         s.add_chain(name);
+    }
+    for map in &add_maps {
+        add_map(s, map);
     }
     for (chain, chain_rules) in &rules {
         for rule in chain_rules {

@@ -193,6 +193,38 @@ pub struct AffinitySet {
     pub timeout: u32,
 }
 
+/// A named verdict map `0 : goto c0, 1 : goto c1, …` that a `numgen` rule picks from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointMap {
+    /// The map's name (the name of the chain that uses it).
+    pub name: String,
+    /// The chains, in slot order.
+    pub chains: Vec<String>,
+}
+
+impl EndpointMap {
+    /// The map's declaration.
+    pub fn spec(&self) -> SetSpec<'_> {
+        SetSpec {
+            name: &self.name,
+            key: KeyType::Numgen(self.chains.len() as u32),
+            verdict_map: true,
+            interval: false,
+            timeout: None,
+            comment: None,
+        }
+    }
+
+    /// The map's elements: slot → `goto` chain.
+    pub fn elements(&self) -> Vec<(ElemKey, Verdict)> {
+        self.chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (ElemKey::Index(i as u32), Verdict::Goto(c.clone())))
+            .collect()
+    }
+}
+
 /// Everything one service port puts into one family's table.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PortObjects {
@@ -200,6 +232,8 @@ pub struct PortObjects {
     pub chains: Vec<Chain>,
     /// ClientIP affinity sets.
     pub sets: Vec<AffinitySet>,
+    /// The endpoint maps of the chains that choose among several endpoints.
+    pub maps: Vec<EndpointMap>,
     /// Map and set elements.
     pub elements: Vec<Element>,
 }
@@ -649,7 +683,8 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     let ep_set = |e: &Endpoint| names::endpoint_object(Kind::Affinity, key, e.ip, e.port);
     let jump_masq = || Action::Verdict(Verdict::Jump(MARK_MASQ.into()));
 
-    let policy_rules = |eps: &[&Endpoint]| -> Vec<Rule> {
+    let mut maps = Vec::new();
+    let mut policy_rules = |chain: &str, eps: &[&Endpoint]| -> Vec<Rule> {
         let mut rules = Vec::new();
         if affinity {
             for e in eps {
@@ -665,9 +700,14 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
             rules.push(Rule::goto(&ep_chain(only)));
             return rules;
         }
-        rules.push(Rule::new(Action::NumgenVmap(
-            eps.iter().map(|e| ep_chain(e)).collect(),
-        )));
+        maps.push(EndpointMap {
+            name: chain.to_string(),
+            chains: eps.iter().map(|e| ep_chain(e)).collect(),
+        });
+        rules.push(Rule::new(Action::NumgenMap {
+            modulus: eps.len() as u32,
+            map: chain.to_string(),
+        }));
         rules
     };
 
@@ -699,13 +739,15 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
             if Some(name) == internal_chain.as_ref() {
                 rules.extend(internal_masq.clone());
             }
-            rules.extend(policy_rules(eps));
+            rules.extend(policy_rules(name, eps));
             out.chains.push(Chain {
                 name: name.clone(),
                 rules,
             });
         }
     }
+
+    out.maps = maps;
 
     if let Some(name) = &external_chain {
         let mut rules = Vec::new();

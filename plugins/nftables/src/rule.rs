@@ -226,8 +226,15 @@ pub enum Action {
         /// The verdict map.
         map: String,
     },
-    /// `numgen random mod N vmap { 0 : goto c0, … }`: an even random choice of chains.
-    NumgenVmap(Vec<String>),
+    /// `numgen random mod N vmap @<map>`: an even random choice among the chains of a named
+    /// map `0 : goto c0, 1 : goto c1, …` (named, not anonymous: the kernel binds each anonymous
+    /// set by walking the whole transaction, which made large full syncs quadratic).
+    NumgenMap {
+        /// N: how many chains the map holds.
+        modulus: u32,
+        /// The map.
+        map: String,
+    },
     /// `mark set mark or <bit>`.
     MarkOr(u32),
     /// `mark set mark xor <bit>`.
@@ -264,15 +271,8 @@ impl fmt::Display for Action {
                 ),
                 VmapKey::ProtoPort => write!(f, "meta l4proto . th dport vmap @{map}"),
             },
-            Action::NumgenVmap(chains) => {
-                write!(f, "numgen random mod {} vmap {{ ", chains.len())?;
-                for (i, c) in chains.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{i} : goto {c}")?;
-                }
-                f.write_str(" }")
+            Action::NumgenMap { modulus, map } => {
+                write!(f, "numgen random mod {modulus} vmap @{map}")
             }
             Action::MarkOr(bit) => write!(f, "mark set mark or {bit:#010x}"),
             Action::MarkXor(bit) => write!(f, "mark set mark xor {bit:#010x}"),
@@ -361,6 +361,8 @@ pub enum ElemKey {
     ProtoPort(Protocol, u16),
     /// `30256` (health-check node ports).
     Port(u16),
+    /// `2` (the slot of an endpoint in a `numgen` map).
+    Index(u32),
 }
 
 impl fmt::Display for ElemKey {
@@ -370,6 +372,7 @@ impl fmt::Display for ElemKey {
             ElemKey::AddrProtoPort(a, p, port) => write!(f, "{a} . {} . {port}", p.as_str()),
             ElemKey::ProtoPort(p, port) => write!(f, "{} . {port}", p.as_str()),
             ElemKey::Port(port) => port.fmt(f),
+            ElemKey::Index(i) => i.fmt(f),
         }
     }
 }
@@ -414,11 +417,11 @@ mod tests {
             r.to_string(),
             "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
         );
-        let n = Rule::new(Action::NumgenVmap(vec!["a".into(), "b".into()]));
-        assert_eq!(
-            n.to_string(),
-            "numgen random mod 2 vmap { 0 : goto a, 1 : goto b }"
-        );
+        let n = Rule::new(Action::NumgenMap {
+            modulus: 2,
+            map: "service-X".into(),
+        });
+        assert_eq!(n.to_string(), "numgen random mod 2 vmap @service-X");
         let d = Rule::when(
             vec![Match::L4Proto(Protocol::Udp)],
             Action::Dnat {

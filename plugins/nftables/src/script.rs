@@ -18,6 +18,8 @@ pub enum KeyType {
     ProtoPort,
     /// `inet_service`.
     Port,
+    /// `typeof numgen random mod N`: the slots of an even random choice.
+    Numgen(u32),
 }
 
 impl KeyType {
@@ -31,6 +33,7 @@ impl KeyType {
             KeyType::AddrProtoPort(f) => format!("{} . inet_proto . inet_service", addr(f)),
             KeyType::ProtoPort => "inet_proto . inet_service".into(),
             KeyType::Port => "inet_service".into(),
+            KeyType::Numgen(n) => format!("numgen random mod {n}"),
         }
     }
 }
@@ -64,8 +67,12 @@ impl SetSpec<'_> {
 
     /// The declaration's body, as in `add set t s { <body> }`.
     pub fn body(&self) -> String {
+        let keyword = match self.key {
+            KeyType::Numgen(_) => "typeof",
+            _ => "type",
+        };
         let mut b = format!(
-            "type {}{} ;",
+            "{keyword} {}{} ;",
             self.key.text(),
             if self.verdict_map { " : verdict" } else { "" }
         );

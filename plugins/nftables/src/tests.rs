@@ -74,16 +74,22 @@ fn cluster_ip_spreads_over_endpoints_and_masquerades_off_cluster_traffic() {
         rules[0],
         "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
     );
-    assert!(
-        rules[1].starts_with("numgen random mod 2 vmap { 0 : goto endpoint-"),
-        "{}",
-        rules[1]
+    let service_chain = &objs.chains[0].name;
+    assert_eq!(
+        rules[1],
+        format!("numgen random mod 2 vmap @{service_chain}"),
+        "the choice is a named map, called like its chain"
     );
+    assert_eq!(objs.maps.len(), 1);
+    let map = &objs.maps[0];
+    assert_eq!(&map.name, service_chain);
+    assert_eq!(map.chains.len(), 2);
     assert!(
-        rules[1].contains("__10.244.1.5/8080, 1 : goto endpoint-"),
-        "{}",
-        rules[1]
+        map.chains[0].ends_with("__10.244.1.5/8080")
+            && map.chains[1].ends_with("__10.244.2.6/8080"),
+        "{map:?}"
     );
+    assert_eq!(map.spec().body(), "typeof numgen random mod 2 : verdict ;");
     let ep = chain(&objs, "endpoint-");
     assert_eq!(
         ep,
