@@ -1,0 +1,121 @@
+//! What the benchmark needs to know about a dataplane besides its plugin name: how to save what
+//! it programmed into a file that the kernel's own tool loads back (the pre-rendered
+//! reference), how to load that file, how to remove everything, and how to recognise the
+//! nf_tables commit that carries one endpoint change.
+//!
+//! Adding a dataplane is one more implementation of [`Dataplane`] and one line in [`by_name`]:
+//! for iptables, `dump` is `iptables-save` of kproxy's tables, `apply_reference` is
+//! `iptables-restore` of that file (with `--noflush` for the replacing case), and
+//! `is_change_commit` accepts the first commit after the change (iptables-nft commits through
+//! nf_tables too; chain names there are hashes, not endpoint addresses).
+
+use crate::nfmon::Generation;
+use anyhow::{bail, Context as _};
+use kproxy_lab::{Lab, Place};
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+/// A dataplane under test; see the module docs.
+pub trait Dataplane {
+    /// The plugin's name (`dataplane = "…"` in the config, `libkproxy_plugin_<name>.so`).
+    fn name(&self) -> &str;
+    /// The body of its `[dataplanes.<name>]` config section.
+    fn plugin_section(&self) -> String {
+        String::new()
+    }
+    /// The tool the reference uses, for tables (`nft -f`).
+    fn reference_name(&self) -> &str;
+    /// Saves what the dataplane has programmed in the node namespace, in the form the
+    /// reference tool loads.
+    fn dump(&self, lab: &Lab) -> anyhow::Result<String>;
+    /// Removes everything the dataplane programmed in the node namespace.
+    fn clear(&self, lab: &Lab) -> anyhow::Result<()>;
+    /// Loads `file` (written by [`Dataplane::dump`]) with the reference tool and times it:
+    /// into an empty kernel, or, with `replacing`, over the same rules already there (as a
+    /// restarted daemon does).
+    fn apply_reference(&self, lab: &Lab, file: &Path, replacing: bool) -> anyhow::Result<Duration>;
+    /// Whether the committed transaction `g` is the one that programs a change of the endpoint
+    /// `endpoint` (added, removed, or its readiness changed).
+    fn is_change_commit(&self, g: &Generation, endpoint: Ipv4Addr) -> bool;
+}
+
+/// The dataplane called `name`, configured with `section` (the body of its config section).
+pub fn by_name(name: &str, section: &str) -> anyhow::Result<Box<dyn Dataplane>> {
+    match name {
+        "nftables" => Ok(Box::new(Nftables {
+            section: section.to_string(),
+        })),
+        other => bail!("the benchmark does not know dataplane {other:?} (known: nftables)"),
+    }
+}
+
+/// kproxy's nftables plugin: one table `ip kproxy`.
+#[derive(Debug, Default)]
+pub struct Nftables {
+    /// Its config section (e.g. `writer = "nft"`).
+    section: String,
+}
+
+const TABLE: &str = "kproxy";
+
+impl Dataplane for Nftables {
+    fn name(&self) -> &str {
+        "nftables"
+    }
+
+    fn plugin_section(&self) -> String {
+        self.section.clone()
+    }
+
+    fn reference_name(&self) -> &str {
+        "nft -f"
+    }
+
+    fn dump(&self, lab: &Lab) -> anyhow::Result<String> {
+        Ok(lab.exec_ok(&Place::Node, &["nft", "list", "table", "ip", TABLE])?)
+    }
+
+    fn clear(&self, lab: &Lab) -> anyhow::Result<()> {
+        // `destroy` is silent when the table is absent (nft 1.0.6 lacks it; add + delete works
+        // everywhere).
+        let script = format!("add table ip {TABLE}\ndelete table ip {TABLE}\n");
+        nft_script(lab, &script)?;
+        Ok(())
+    }
+
+    fn apply_reference(&self, lab: &Lab, file: &Path, replacing: bool) -> anyhow::Result<Duration> {
+        let path = if replacing {
+            // One transaction that deletes the table and loads it again.
+            let dump = std::fs::read_to_string(file)?;
+            let replaced = file.with_extension("replace.nft");
+            std::fs::write(&replaced, format!("delete table ip {TABLE}\n{dump}"))?;
+            replaced
+        } else {
+            self.clear(lab)?;
+            file.to_path_buf()
+        };
+        let path_text = path.to_string_lossy().into_owned();
+        let started = Instant::now();
+        lab.exec_ok(&Place::Node, &["nft", "-f", &path_text])
+            .with_context(|| format!("nft -f {path_text}"))?;
+        Ok(started.elapsed())
+    }
+
+    fn is_change_commit(&self, g: &Generation, endpoint: Ipv4Addr) -> bool {
+        // Every endpoint has its own chain, `endpoint-<hash>-<ns>/<svc>/tcp/<port>__<ip>/<port>`,
+        // created or deleted with it (a not-ready endpoint leaves the service's choice).
+        let needle = format!("__{endpoint}/");
+        g.chains.iter().any(|c| c.contains(&needle))
+    }
+}
+
+fn nft_script(lab: &Lab, script: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("script.nft");
+    std::fs::write(&path, script)?;
+    lab.exec_ok(&Place::Node, &["nft", "-f", &path.to_string_lossy()])?;
+    Ok(())
+}
