@@ -472,8 +472,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/shm /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# No tmpfs over /tmp or /run: the initramfs is already in memory, and programs copied in at
+# their host paths (a checkout under /tmp, say) must stay visible.
+chmod 1777 /tmp
 echo /bin/modprobe > /proc/sys/kernel/modprobe
 {modules}ip link set lo up
 hostname kproxy-guest
