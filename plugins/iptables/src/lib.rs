@@ -239,9 +239,11 @@ impl IptablesDataplane {
                     ruleset::assemble(&render::render_globals(&ctx), ports.values(), tree);
                 let saved = Saved::parse(&tool.save(family)?);
                 let input = ruleset::full_restore(&desired, &saved);
-                tool.restore(family, &input.text)?;
-                restores += 1;
-                objects += input.objects;
+                if !input.is_empty() {
+                    tool.restore(family, &input.text)?;
+                    restores += 1;
+                    objects += input.objects;
+                }
                 programs.push(FamilyProgram {
                     family,
                     ports,

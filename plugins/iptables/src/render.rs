@@ -318,13 +318,14 @@ fn quote(text: &str) -> String {
     }
 }
 
-/// The reject target for a protocol: a TCP reset for TCP, ICMP port unreachable otherwise.
-/// Upstream writes a plain `REJECT` (ICMP for TCP too); see the README for why kproxy answers
-/// TCP with a reset.
-fn reject(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "REJECT --reject-with tcp-reset",
-        _ => "REJECT",
+/// The reject target for a protocol: a TCP reset for TCP, the family's ICMP port unreachable
+/// otherwise (spelled out, as `iptables-save` prints it). Upstream writes a plain `REJECT`
+/// (ICMP for TCP too); see the README for why kproxy answers TCP with a reset.
+fn reject(family: IpFamily, p: Protocol) -> &'static str {
+    match (p, family) {
+        (Protocol::Tcp, _) => "REJECT --reject-with tcp-reset",
+        (_, IpFamily::V4) => "REJECT --reject-with icmp-port-unreachable",
+        (_, IpFamily::V6) => "REJECT --reject-with icmp6-port-unreachable",
     }
 }
 
@@ -398,7 +399,8 @@ pub fn render_globals(ctx: &FamilyCtx<'_>) -> Globals {
                 .jump("RETURN"),
             // Clear the mark so a packet that traverses the stack again is not masqueraded
             // twice.
-            Rule::new().jump(format!("MARK --xor-mark {mark}")),
+            // `--xor-mark`, as iptables-save prints it.
+            Rule::new().jump(format!("MARK --set-xmark {mark}/0x0")),
             Rule::new()
                 .comment("kproxy service traffic requiring SNAT")
                 .jump("MASQUERADE --random-fully"),
@@ -407,7 +409,8 @@ pub fn render_globals(ctx: &FamilyCtx<'_>) -> Globals {
     chain(
         Table::Nat,
         names::MARK_MASQ,
-        vec![Rule::new().jump(format!("MARK --or-mark {mark}"))],
+        // `--or-mark`, as iptables-save prints it.
+        vec![Rule::new().jump(format!("MARK --set-xmark {mark}/{mark}"))],
     );
 
     // Tails: node ports come last in KPROXY-SERVICES, after every service address.
@@ -616,8 +619,8 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortRules> {
 
     let (internal_filter, external_filter, filter_comment) = if !has_endpoints {
         (
-            reject(proto),
-            reject(proto),
+            reject(fam, proto),
+            reject(fam, proto),
             format!("{name} has no endpoints"),
         )
     } else {
@@ -937,7 +940,11 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortRules> {
     Some(out)
 }
 
-/// `1/n` as upstream writes it (`%0.10f`).
-fn probability(n: usize) -> String {
-    format!("{:.10}", 1.0 / n as f64)
+/// `1/n` as `iptables-save` prints it: the kernel keeps `round(2^31 / n)`, printed divided
+/// by 2^31 with 11 decimals. Upstream writes `%0.10f` of 1/n, which the kernel stores as the
+/// same number; writing the printed form lets a full sync see that a chain is unchanged.
+pub fn probability(n: usize) -> String {
+    const SCALE: f64 = 2147483648.0; // 2^31
+    let stored = (SCALE / n as f64).round();
+    format!("{:.11}", stored / SCALE)
 }

@@ -3,9 +3,9 @@
 //!
 //! - [`assemble`] puts the fixed chains, every service port's chains and the dispatch layout
 //!   together into a [`Ruleset`].
-//! - [`full_restore`] rewrites every kproxy chain, deletes kproxy chains the kernel holds but the
-//!   ruleset lacks, and fixes the jumps from the built-in chains, from what `iptables-save`
-//!   showed ([`Saved`]). A hand-edited chain is put right.
+//! - [`full_restore`] rewrites every kproxy chain whose rules differ from what `iptables-save`
+//!   showed ([`Saved`]), deletes kproxy chains the kernel holds but the ruleset lacks, and fixes
+//!   the jumps from the built-in chains. A hand-edited chain is put right.
 //! - [`partial_restore`] writes only the chains whose rules differ from the last written
 //!   ruleset, and deletes the chains that are gone (upstream's minimized restore: a chain that
 //!   did not change is not even declared, since declaring a chain under `--noflush` flushes it).
@@ -221,7 +221,12 @@ impl TablePart {
     }
 }
 
-/// The full rewrite of `desired` over what the kernel holds (`saved`).
+/// Makes the kernel (as `saved` shows it) hold `desired`: every kproxy chain whose rules differ
+/// from the desired ones is rewritten, every kproxy chain the ruleset lacks is deleted, the
+/// jumps are fixed. Chains the kernel already holds exactly are left alone: rules are rendered
+/// as `iptables-save` prints them, so an unchanged chain compares equal, and a periodic full
+/// sync of an unchanged node writes nothing (iptables-nft-restore is slow with many declared
+/// chains; see the README).
 pub fn full_restore(desired: &Ruleset, saved: &Saved) -> Restore {
     let mut out = Restore::default();
     for table in Table::ALL {
@@ -229,6 +234,9 @@ pub fn full_restore(desired: &Ruleset, saved: &Saved) -> Restore {
         let existing = saved.table(table).unwrap_or(&empty);
         let mut part = TablePart::default();
         for (chain, rules) in desired.chains(table) {
+            if existing.get(chain) == Some(rules) {
+                continue;
+            }
             part.declare.push(chain.clone());
             part.rules.push((chain.clone(), rules.clone()));
         }

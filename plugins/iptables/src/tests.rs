@@ -67,7 +67,7 @@ fn a_cluster_ip_service_dispatches_balances_and_dnats_as_upstream() {
     let sep_a = names::endpoint_chain(key, sample::ip("10.244.1.5"), 8080);
     let sep_b = names::endpoint_chain(key, sample::ip("10.244.2.6"), 8080);
     assert!(
-        rules[1].contains("-m statistic --mode random --probability 0.5000000000")
+        rules[1].contains("-m statistic --mode random --probability 0.50000000000")
             && rules[1].ends_with(&format!("-j {sep_a}")),
         "{rules:#?}"
     );
@@ -117,10 +117,14 @@ fn no_endpoints_rejects_everywhere_in_filter() {
             .all(|c| !c.starts_with("KPROXY-SVC-") && !c.starts_with("KPROXY-EXT-")),
         "{nat_chains:?}"
     );
-    assert!(chain(&rs, Table::Filter, names::SERVICES)[0].ends_with("-j REJECT"));
+    assert!(chain(&rs, Table::Filter, names::SERVICES)[0]
+        .ends_with("-j REJECT --reject-with icmp-port-unreachable"));
     let ext = chain(&rs, Table::Filter, names::EXTERNAL_SERVICES);
     assert_eq!(ext.len(), 3, "{ext:#?}");
-    assert!(ext[0].starts_with("-d 198.51.100.5/32 -p udp") && ext[0].ends_with("-j REJECT"));
+    assert!(
+        ext[0].starts_with("-d 198.51.100.5/32 -p udp")
+            && ext[0].ends_with("-j REJECT --reject-with icmp-port-unreachable")
+    );
     assert!(ext[1].starts_with("-d 203.0.113.5/32 -p udp"));
     assert!(ext[2].ends_with(&format!(
         "-m addrtype --dst-type LOCAL -j {}",
@@ -128,7 +132,7 @@ fn no_endpoints_rejects_everywhere_in_filter() {
     )));
     assert_eq!(
         chain(&rs, Table::Filter, names::EXTERNAL_NODEPORTS),
-        &vec!["-p udp -m comment --comment \"default/empty:dns has no endpoints\" -m udp --dport 30053 -j REJECT".to_string()]
+        &vec!["-p udp -m comment --comment \"default/empty:dns has no endpoints\" -m udp --dport 30053 -j REJECT --reject-with icmp-port-unreachable".to_string()]
     );
 }
 
@@ -436,4 +440,12 @@ fn cleanup_removes_only_kproxy() {
         "*nat\n:KPROXY-SERVICES - [0:0]\n-D PREROUTING -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES\n-X KPROXY-SERVICES\nCOMMIT\n"
     );
     assert!(!Saved::parse("*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n").has_kproxy());
+}
+
+#[test]
+fn probabilities_are_written_as_iptables_save_prints_them() {
+    use crate::render::probability;
+    assert_eq!(probability(2), "0.50000000000");
+    assert_eq!(probability(3), "0.33333333349");
+    assert_eq!(probability(10), "0.10000000009");
 }

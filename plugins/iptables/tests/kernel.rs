@@ -180,8 +180,27 @@ fn unchanged_syncs_run_no_restore_and_full_syncs_leave_the_jumps_alone() {
                 );
             }
             let before = ns.save(backend, false);
-            dp.sync(&a, &full()).unwrap();
+            let again = dp.sync(&a, &full()).unwrap();
             assert_same(&ns.save(backend, false), &before, name);
+            // Every rule reads back exactly as rendered, so a full sync of an unchanged node
+            // writes nothing — also with a multi-level dispatch tree and every rule kind.
+            assert_eq!(
+                again.objects_written, 0,
+                "{name}: resync of A wrote something"
+            );
+            let b = state_b();
+            dp.sync(&b, &full()).unwrap();
+            let restores = dp.counters().restores;
+            let again = dp.sync(&b, &full()).unwrap();
+            assert_eq!(
+                again.objects_written, 0,
+                "{name}: resync of B wrote something"
+            );
+            assert_eq!(
+                dp.counters().restores,
+                restores,
+                "{name}: resync ran a restore"
+            );
         });
     }
 }
