@@ -40,6 +40,13 @@ pub trait Dataplane {
     /// Whether the committed transaction `g` is the one that programs a change of the endpoint
     /// `endpoint` (added, removed, or its readiness changed).
     fn is_change_commit(&self, g: &Generation, endpoint: Ipv4Addr) -> bool;
+
+    /// The kernel's own cost of the smallest transaction of the kind a change makes, with the
+    /// dataplane's rules in place: `samples` timings, or `None` when the dataplane has no such
+    /// reference. The floor under one change's latency.
+    fn commit_floor(&self, _lab: &Lab, _samples: usize) -> anyhow::Result<Option<Vec<Duration>>> {
+        Ok(None)
+    }
 }
 
 /// The dataplane called `name`, configured with `section` (the body of its config section).
@@ -102,6 +109,38 @@ impl Dataplane for Nftables {
         lab.exec_ok(&Place::Node, &["nft", "-f", &path_text])
             .with_context(|| format!("nft -f {path_text}"))?;
         Ok(started.elapsed())
+    }
+
+    fn commit_floor(&self, lab: &Lab, samples: usize) -> anyhow::Result<Option<Vec<Duration>>> {
+        use kproxy_plugin_api::IpFamily;
+        use kproxy_plugin_nftables::{
+            netlink::{Batch, NetlinkSocket},
+            rule::Rule,
+            script::Sink,
+        };
+        // One chain with one `goto` added (what any endpoint change adds: a jump makes the
+        // kernel re-validate the table), then removed; the first commit is timed.
+        let times = lab.run_in(&Place::Node, move || -> anyhow::Result<Vec<Duration>> {
+            let mut socket = NetlinkSocket::open().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut names = 0;
+            let mut out = Vec::with_capacity(samples);
+            for _ in 0..samples {
+                let mut add = Batch::new(&mut names, false);
+                add.begin(IpFamily::V4, TABLE);
+                add.add_chain("kproxy-bench-floor");
+                add.add_rule("kproxy-bench-floor", &Rule::goto("reject-chain"));
+                let t = Instant::now();
+                socket.commit(add).map_err(|e| anyhow::anyhow!("{e}"))?;
+                out.push(t.elapsed());
+                let mut del = Batch::new(&mut names, false);
+                del.begin(IpFamily::V4, TABLE);
+                del.flush_chain("kproxy-bench-floor");
+                del.delete_chain("kproxy-bench-floor");
+                socket.commit(del).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Ok(out)
+        })??;
+        Ok(Some(times))
     }
 
     fn is_change_commit(&self, g: &Generation, endpoint: Ipv4Addr) -> bool {

@@ -124,13 +124,20 @@ pub fn tables(d: &DataplaneResults) -> String {
         );
         let _ = writeln!(
             w,
-            "{:<14} {:<12} {:>5} {:>8} {:>8} {:>8} | target p99 ≤ {} ms",
+            "reference: the kernel's own time for the smallest commit of that kind (one chain \
+             with a goto) on the same table"
+        );
+        let _ = writeln!(
+            w,
+            "{:<14} {:<12} {:>5} {:>8} {:>8} {:>8} | {:>10} {:>7} | target p99 ≤ {} ms",
             "size",
             "change",
             "n",
             "p50",
             "p99",
             "max",
+            "floor p50",
+            "ratio",
             targets::CHANGE_P99_MS
         );
         for r in &d.scale {
@@ -142,15 +149,21 @@ pub fn tables(d: &DataplaneResults) -> String {
                     .map(|(_, d)| *d)
                     .collect();
                 if let Some(s) = summarize(&samples) {
+                    let (floor, ratio) = match summarize(&r.commit_floor) {
+                        Some(f) => (format!("{:.2}", f.p50), format!("{:.2}x", s.p50 / f.p50)),
+                        None => ("-".into(), "-".into()),
+                    };
                     let _ = writeln!(
                         w,
-                        "{:<14} {:<12} {:>5} {:>8.2} {:>8.2} {:>8.2} | {}",
+                        "{:<14} {:<12} {:>5} {:>8.2} {:>8.2} {:>8.2} | {:>10} {:>7} | {}",
                         r.shape.label(),
                         kind.name(),
                         s.n,
                         s.p50,
                         s.p99,
                         s.max,
+                        floor,
+                        ratio,
                         verdict(s.p99 <= targets::CHANGE_P99_MS)
                     );
                 }
@@ -264,7 +277,8 @@ pub fn write_csv(dir: &Path, results: &[DataplaneResults]) -> anyhow::Result<()>
     );
     let mut change = String::from("dataplane,services,endpoints_per_service,change,latency_ms\n");
     let mut change_sum = String::from(
-        "dataplane,services,endpoints_per_service,change,n,p50_ms,p99_ms,max_ms,lost\n",
+        "dataplane,services,endpoints_per_service,change,n,p50_ms,p99_ms,max_ms,lost,\
+         kernel_floor_p50_ms\n",
     );
     let mut memory =
         String::from("dataplane,services,endpoints_per_service,endpoints,vm_hwm_kib,vm_rss_kib\n");
@@ -306,9 +320,11 @@ pub fn write_csv(dir: &Path, results: &[DataplaneResults]) -> anyhow::Result<()>
                     .map(|(_, d)| *d)
                     .collect();
                 if let Some(Summary { n, p50, p99, max }) = summarize(&samples) {
+                    let floor = summarize(&r.commit_floor)
+                        .map_or(String::new(), |f| format!("{:.3}", f.p50));
                     let _ = writeln!(
                         change_sum,
-                        "{},{},{},{},{n},{p50:.3},{p99:.3},{max:.3},{}",
+                        "{},{},{},{},{n},{p50:.3},{p99:.3},{max:.3},{},{floor}",
                         d.name,
                         s.services,
                         s.endpoints,

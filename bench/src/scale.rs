@@ -83,6 +83,9 @@ pub struct ScaleResult {
     pub lost: usize,
     /// Commits seen that were not the change waited for.
     pub other_commits: usize,
+    /// The kernel's own time for the smallest commit of the kind a change makes (one chain
+    /// with a `goto`), with the same rules in place: the floor under a change's latency.
+    pub commit_floor: Vec<Duration>,
     /// The daemon's peak resident memory, KiB.
     pub vm_hwm_kib: u64,
     /// Its resident memory at the end, KiB.
@@ -175,6 +178,7 @@ pub fn run(
     }
     drop(monitor);
     let (vm_hwm_kib, vm_rss_kib) = daemon.memory_kib()?;
+    let commit_floor = dp.commit_floor(lab, 50)?.unwrap_or_default();
 
     let dump = dp.dump(lab)?;
     let dump_path = scratch.join(format!("{}-{}.rules", dp.name(), shape.slug()));
@@ -206,6 +210,7 @@ pub fn run(
         changes,
         lost,
         other_commits,
+        commit_floor,
         vm_hwm_kib,
         vm_rss_kib,
     })

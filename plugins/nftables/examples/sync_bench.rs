@@ -82,6 +82,7 @@ fn run(ns: &str, services: usize, endpoints: usize) {
     }
     if let Some(n) = only_incremental {
         incremental(&mut dp, &state, n);
+        print_peak_memory();
         return;
     }
     let t = Instant::now();
@@ -137,4 +138,12 @@ fn incremental(dp: &mut NftablesDataplane, state: &kproxy_plugin_api::ProxyState
         times[times.len() / 2],
         times[times.len() - 1]
     );
+}
+
+/// Prints this process's peak resident memory (plugin, state and batch together).
+fn print_peak_memory() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        println!("peak memory: {}", line.trim_start_matches("VmHWM:").trim());
+    }
 }

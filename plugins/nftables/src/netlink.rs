@@ -397,17 +397,26 @@ fn interval_elements(items: &[AddrItem]) -> Vec<(Vec<u8>, bool)> {
     out
 }
 
-/// What a message of the batch did, for error messages.
+/// What a message of the batch did, for error messages. Only incremental batches (a few
+/// messages) keep the object's name and the rule's text; a full sync's million messages keep
+/// only `what`, and the name is read back from the message itself if the kernel refuses it.
 #[derive(Debug, Clone)]
 struct Desc {
     what: &'static str,
-    object: String,
+    object: Option<String>,
     rule: Option<String>,
 }
+
+/// The batch is written in chunks of about this size (sent together with one `sendmsg`), so a
+/// 200 MB full sync never needs one contiguous buffer that doubles as it grows.
+const CHUNK_BYTES: usize = 4 << 20;
 
 /// One nf_tables transaction, built message by message; see the module docs.
 #[derive(Debug)]
 pub struct Batch<'n> {
+    /// Finished chunks.
+    chunks: Vec<Vec<u8>>,
+    /// The chunk being written.
     buf: Buf,
     family: u8,
     ip: IpFamily,
@@ -437,6 +446,7 @@ impl<'n> Batch<'n> {
         );
         buf.end_msg(begin);
         Batch {
+            chunks: Vec::new(),
             buf,
             family: libc::NFPROTO_IPV4 as u8,
             ip: IpFamily::V4,
@@ -457,12 +467,17 @@ impl<'n> Batch<'n> {
 
     /// The batch's size in bytes (without the end marker).
     pub fn len(&self) -> usize {
-        self.buf.bytes.len()
+        self.chunks.iter().map(Vec::len).sum::<usize>() + self.buf.bytes.len()
     }
 
     fn msg(&mut self, ty: u16, flags: u16, desc: Desc) -> usize {
         self.seq += 1;
         self.descs.push(desc);
+        if self.buf.bytes.len() >= CHUNK_BYTES {
+            let full =
+                std::mem::replace(&mut self.buf.bytes, Vec::with_capacity(CHUNK_BYTES + 65536));
+            self.chunks.push(full);
+        }
         self.buf.begin_msg(
             (NFNL_SUBSYS_NFTABLES << 8) | ty,
             NLM_F_REQUEST | flags,
@@ -475,13 +490,14 @@ impl<'n> Batch<'n> {
     fn desc(&self, what: &'static str, object: &str) -> Desc {
         Desc {
             what,
-            object: object.to_string(),
+            object: self.describe_rules.then(|| object.to_string()),
             rule: None,
         }
     }
 
-    /// The finished batch: the messages and the end marker.
-    fn finish(mut self) -> (Vec<u8>, Vec<Desc>, u32) {
+    /// The finished batch: its chunks (the messages and the end marker), what each message
+    /// did, and the first message's sequence number.
+    fn finish(mut self) -> (Vec<Vec<u8>>, Vec<Desc>, u32) {
         let end = self.buf.begin_msg(
             NFNL_MSG_BATCH_END,
             NLM_F_REQUEST,
@@ -490,7 +506,8 @@ impl<'n> Batch<'n> {
             NFNL_SUBSYS_NFTABLES,
         );
         self.buf.end_msg(end);
-        (self.buf.bytes, self.descs, 2)
+        self.chunks.push(self.buf.bytes);
+        (self.chunks, self.descs, 2)
     }
 
     fn table_msg(&mut self, ty: u16, flags: u16, comment: Option<&str>) {
@@ -1163,6 +1180,46 @@ impl Batch<'_> {
     }
 }
 
+/// The name of the object message `seq` of a batch acts on: its table's name for a table
+/// message, else the second attribute (table first, then the chain or set).
+fn object_name(chunks: &[Vec<u8>], seq: u32) -> Option<String> {
+    for chunk in chunks {
+        let mut rest = chunk.as_slice();
+        while rest.len() >= 20 {
+            let len = u32::from_ne_bytes(rest[0..4].try_into().ok()?) as usize;
+            if len < 20 || len > rest.len() {
+                break;
+            }
+            let ty = u16::from_ne_bytes([rest[4], rest[5]]) & 0xff;
+            if u32::from_ne_bytes(rest[8..12].try_into().ok()?) == seq {
+                let want = if ty == NFT_MSG_NEWTABLE || ty == NFT_MSG_DELTABLE {
+                    0
+                } else {
+                    1
+                };
+                let mut attrs = &rest[20..len];
+                let mut i = 0;
+                while attrs.len() >= 4 {
+                    let l = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+                    if l < 4 || l > attrs.len() {
+                        break;
+                    }
+                    if i == want {
+                        let v = &attrs[4..l];
+                        let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
+                        return Some(String::from_utf8_lossy(&v[..end]).into_owned());
+                    }
+                    i += 1;
+                    attrs = &attrs[align4(l).min(attrs.len())..];
+                }
+                return None;
+            }
+            rest = &rest[align4(len).min(rest.len())..];
+        }
+    }
+    None
+}
+
 /// A `NETLINK_NETFILTER` socket in the calling thread's network namespace.
 #[derive(Debug)]
 pub struct NetlinkSocket {
@@ -1230,10 +1287,11 @@ impl NetlinkSocket {
         if batch.is_empty() {
             return Ok(());
         }
-        let (bytes, descs, first_seq) = batch.finish();
+        let (chunks, descs, first_seq) = batch.finish();
+        let total: usize = chunks.iter().map(Vec::len).sum();
         // The whole batch must fit one socket write.
-        if bytes.len() + 4096 > self.sndbuf {
-            let want = (bytes.len() + (1 << 20)).min(i32::MAX as usize / 2);
+        if total + 4096 > self.sndbuf {
+            let want = (total + (1 << 20)).min(i32::MAX as usize / 2);
             if !self.set(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want as i32) {
                 self.set(libc::SOL_SOCKET, libc::SO_SNDBUF, want as i32);
             }
@@ -1242,21 +1300,24 @@ impl NetlinkSocket {
         self.drain();
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: sending a buffer we own to the kernel's netlink address.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                bytes.as_ptr() as *const libc::c_void,
-                bytes.len(),
-                0,
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
+        let mut iov: Vec<libc::iovec> = chunks
+            .iter()
+            .map(|c| libc::iovec {
+                iov_base: c.as_ptr() as *mut libc::c_void,
+                iov_len: c.len(),
+            })
+            .collect();
+        // SAFETY: a zeroed msghdr is valid; every field set below points at live data.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        // SAFETY: sending buffers we own, described by `msg`, to the kernel's netlink address.
+        let sent = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
         if sent < 0 {
             return Err(PluginError::kernel(format!(
-                "nf_tables netlink: sending a batch of {} bytes ({} messages) failed: {}",
-                bytes.len(),
+                "nf_tables netlink: sending a batch of {total} bytes ({} messages) failed: {}",
                 descs.len(),
                 std::io::Error::last_os_error()
             )));
@@ -1270,9 +1331,16 @@ impl NetlinkSocket {
             .and_then(|i| descs.get(i as usize))
             .map_or_else(
                 || format!("message {seq}"),
-                |d| match &d.rule {
-                    Some(r) => format!("{} `{}`: `{r}`", d.what, d.object),
-                    None => format!("{} `{}`", d.what, d.object),
+                |d| {
+                    let object = d
+                        .object
+                        .clone()
+                        .or_else(|| object_name(&chunks, seq))
+                        .unwrap_or_default();
+                    match &d.rule {
+                        Some(r) => format!("{} `{object}`: `{r}`", d.what),
+                        None => format!("{} `{object}`", d.what),
+                    }
                 },
             );
         let os = std::io::Error::from_raw_os_error(-errno);
@@ -1413,7 +1481,10 @@ mod tests {
         );
         b.add_rule("c", &rule);
         assert_eq!(b.objects(), 2);
-        let (bytes, descs, first) = b.finish();
+        let (chunks, descs, first) = b.finish();
+        assert_eq!(chunks.len(), 1);
+        let bytes = &chunks[0];
+        assert_eq!(object_name(&chunks, 2).as_deref(), Some("c"));
         // chain, anonymous set, its elements, the rule.
         assert_eq!(descs.len(), 4);
         assert_eq!(first, 2);
