@@ -8,7 +8,8 @@
 //! address, protocol and port, then its target) has a bit-string key — address, then protocol,
 //! then port — and the entries are sorted by it. A tree node holds the entries sharing a key
 //! prefix; when there are more than [`LEAF_MAX`] of them, it skips the bits they all share and
-//! splits on the next [`STRIDE`] bits (at most 16 children), one rule per child that matches the
+//! splits on the next few bits — the fewest (up to [`STRIDE`], so at most 16 children) that
+//! leave no child above [`LEAF_MAX`] — one rule per child that matches the
 //! child's prefix (`-d 10.96.16.0/20`, `-p tcp`, `--dport 30000:30255`) and jumps to the
 //! child's chain; a child with one entry is written inline. A packet thus walks at most 16 rules
 //! per level over O(log n) levels, then at most [`LEAF_MAX`] exact rules.
@@ -157,17 +158,17 @@ impl Key {
         parts.join(" ")
     }
 
-    /// Where the next split ends, for entries that first differ at bit `first_difference`: the
-    /// next [`STRIDE`] bits, never across the address's end and never inside the protocol (a
+    /// Where a split of `bits` bits ends, for entries that first differ at bit
+    /// `first_difference`: never across the address's end and never inside the protocol (a
     /// protocol cannot be matched by a prefix).
-    fn split_end(&self, first_difference: usize) -> usize {
+    fn split_end(&self, first_difference: usize, bits: usize) -> usize {
         let addr_bits = self.shape.addr_bits();
         if first_difference < addr_bits {
-            (first_difference + STRIDE).min(addr_bits)
+            (first_difference + bits).min(addr_bits)
         } else if first_difference < addr_bits + 8 {
             addr_bits + 8
         } else {
-            (first_difference + STRIDE).min(self.shape.total_bits())
+            (first_difference + bits).min(self.shape.total_bits())
         }
     }
 }
@@ -206,6 +207,19 @@ pub fn layout(
     out
 }
 
+/// The size of the largest run of `entries` (sorted) sharing their first `len` bits.
+fn largest_group(entries: &[Entry], len: usize) -> usize {
+    let mut largest = 0;
+    let mut start = 0;
+    for i in 1..=entries.len() {
+        if i == entries.len() || !entries[i].key.same_prefix(&entries[start].key, len) {
+            largest = largest.max(i - start);
+            start = i;
+        }
+    }
+    largest
+}
+
 /// Fills the rules of `out[index]` (the chain for `entries`) and appends the chains below it.
 fn build(entries: &[Entry], identity: &str, index: usize, out: &mut Vec<(String, Vec<String>)>) {
     let (first, last) = match (entries.first(), entries.last()) {
@@ -218,7 +232,11 @@ fn build(entries: &[Entry], identity: &str, index: usize, out: &mut Vec<(String,
         out[index].1 = entries.iter().map(|e| e.rule.clone()).collect();
         return;
     }
-    let end = first.key.split_end(differ);
+    // The fewest bits that leave no child above LEAF_MAX (fewer, fuller chains), else STRIDE.
+    let end = (1..STRIDE)
+        .map(|bits| first.key.split_end(differ, bits))
+        .find(|&end| largest_group(entries, end) <= LEAF_MAX)
+        .unwrap_or_else(|| first.key.split_end(differ, STRIDE));
     let mut rules = Vec::new();
     let mut start = 0;
     while start < entries.len() {

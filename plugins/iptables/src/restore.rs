@@ -182,6 +182,45 @@ impl Tool {
         })
     }
 
+    /// The rules of one chain (`iptables -t <table> -S <chain>`), as the text after
+    /// `-A <chain> `. Cheap even on a large table: only that chain is read.
+    pub fn list_chain(
+        &self,
+        family: IpFamily,
+        table: &str,
+        chain: &str,
+    ) -> Result<Vec<String>, ToolError> {
+        let base = match family {
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
+        };
+        let name = format!("{base}-{}", self.backend.as_str());
+        let path = locate(&name).unwrap_or_else(|| PathBuf::from(&name));
+        let command = format!("{name} -w -t {table} -S {chain}");
+        let output = Command::new(&path)
+            .args(["-w", "-t", table, "-S", chain])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ToolError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(ToolError::Failed {
+                command,
+                status: output.status.code(),
+                line: None,
+                quoted: None,
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        let prefix = format!("-A {chain} ");
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix).map(String::from))
+            .collect())
+    }
+
     /// `iptables-save` (every table the back end holds) for `family`.
     pub fn save(&self, family: IpFamily) -> Result<String, ToolError> {
         let name = self.binary(family, "save");

@@ -35,6 +35,11 @@ impl Ruleset {
         self.tables.get(&table).into_iter().flat_map(|c| c.iter())
     }
 
+    /// The number of kproxy chains.
+    pub fn chain_count(&self) -> usize {
+        self.tables.values().map(BTreeMap::len).sum()
+    }
+
     /// The number of rules in every kproxy chain.
     pub fn rule_count(&self) -> usize {
         self.tables

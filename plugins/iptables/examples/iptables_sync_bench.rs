@@ -3,7 +3,7 @@
 //! partial sync that changes one endpoint. Not a test: it prints figures.
 //!
 //! ```text
-//! cargo run --release -p kproxy-plugin-iptables --example sync_bench -- \
+//! cargo run --release -p kproxy-plugin-iptables --example iptables_sync_bench -- \
 //!     [services] [endpoints] [nft|legacy] [tree|linear]
 //! ```
 //!
@@ -47,7 +47,7 @@ fn main() {
     }
 
     if kproxy_lab::privileges().is_err() {
-        eprintln!("sync_bench needs root for its scratch namespace");
+        eprintln!("iptables_sync_bench needs root for its scratch namespace");
         std::process::exit(2);
     }
     let ns = format!("kpipt-bench-{}", std::process::id());
