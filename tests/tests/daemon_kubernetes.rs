@@ -210,14 +210,19 @@ fn a_cut_watch_resumes_and_an_expired_resource_version_relists() {
     // Changes the daemon cannot watch, then the history expires: when it reconnects, its
     // resourceVersion is gone (410), so it must relist — and converge, including on a deletion
     // it never saw as an event.
-    s.api.apply(&service("b", "10.96.0.12", &[("http", 80, "TCP")])).unwrap();
-    s.rec.wait_for("b", WAIT, |r| r.port("default/b", "http").is_some());
+    s.api
+        .apply(&service("b", "10.96.0.12", &[("http", 80, "TCP")]))
+        .unwrap();
+    s.rec
+        .wait_for("b", WAIT, |r| r.port("default/b", "http").is_some());
     let lists_before = s
         .api
         .request_count(kproxy_tests::apiserver::Verb::List, Kind::EndpointSlice);
     s.api.pause();
     s.api.delete(Kind::Service, "default", "b").unwrap();
-    s.api.apply(&slice("a-1", "a", &["10.244.1.4", "10.244.1.5"])).unwrap();
+    s.api
+        .apply(&slice("a-1", "a", &["10.244.1.4", "10.244.1.5"]))
+        .unwrap();
     s.api.compact();
     s.api.resume().unwrap();
     let after = s.rec.wait_for("converged after relist", WAIT, |r| {

@@ -341,7 +341,9 @@ impl Addresses {
     pub fn cluster_ip(&self, family: IpFamily) -> IpAddr {
         match family {
             IpFamily::V4 => Ipv4Addr::new(10, 96, 1, self.slot).into(),
-            IpFamily::V6 => Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x100 | u16::from(self.slot)).into(),
+            IpFamily::V6 => {
+                Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x100 | u16::from(self.slot)).into()
+            }
         }
     }
     /// An address inside the service CIDR that no case ever allocates.

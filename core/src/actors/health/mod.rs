@@ -178,8 +178,10 @@ impl HealthCheckActor {
         if plan.open.is_empty() {
             return;
         }
-        let addresses =
-            services::bind_addresses(&self.node_port_addresses, &crate::host::interface_addresses());
+        let addresses = services::bind_addresses(
+            &self.node_port_addresses,
+            &crate::host::interface_addresses(),
+        );
         for (svc, port) in plan.open {
             match self.open_service(&svc, port, &addresses, ctx) {
                 Ok(servers) => {
