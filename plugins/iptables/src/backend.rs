@@ -8,10 +8,14 @@
 //!
 //! 1. kubelet (1.17 and later) creates `KUBE-IPTABLES-HINT` or `KUBE-KUBELET-CANARY` in the
 //!    back end it uses: whichever shows them wins (nft first, as the wrapper checks).
-//! 2. Otherwise the back end holding more rules wins (the wrapper's older, line-counting rule:
+//! 2. Then kproxy's own `KPROXY-SERVICES` (a restarted kproxy keeps the back end it used; not in
+//!    the wrapper, which knows nothing of kproxy).
+//! 3. Otherwise the back end holding more rules wins (the wrapper's older, line-counting rule:
 //!    `iptables-legacy-save | grep '^-' | wc -l` against the same for nft), nft on a tie.
 //!
-//! Detection only reads (`*-save`), so it never creates a table in the back end it rejects.
+//! Detection only reads, so it never creates a table in the back end it rejects. It reads
+//! iptables-nft cheaply first (the small `mangle` table, one chain of `nat`), because a full
+//! `iptables-nft-save` of a large table takes minutes (see the README).
 
 use crate::{restore::Tool, ruleset::Saved};
 use kproxy_plugin_api::IpFamily;
@@ -43,7 +47,9 @@ impl Backend {
 pub struct Evidence {
     /// kubelet's hint chains are present.
     pub kubelet_hint: bool,
-    /// Rules in every table of both families.
+    /// kproxy's `KPROXY-SERVICES` is present.
+    pub kproxy: bool,
+    /// Rules in every table of both families (counted only when the other signs are absent).
     pub rules: usize,
 }
 
@@ -57,6 +63,10 @@ impl Evidence {
                 chains.contains_key("KUBE-IPTABLES-HINT")
                     || chains.contains_key("KUBE-KUBELET-CANARY")
             });
+            e.kproxy |= saved
+                .tables
+                .get("nat")
+                .is_some_and(|c| c.contains_key(crate::names::SERVICES));
             e.rules += saved.rule_count();
         }
         e
@@ -67,6 +77,8 @@ impl Evidence {
 pub fn decide(nft: Evidence, legacy: Evidence) -> Backend {
     let legacy_wins = if nft.kubelet_hint || legacy.kubelet_hint {
         !nft.kubelet_hint
+    } else if nft.kproxy || legacy.kproxy {
+        !nft.kproxy
     } else {
         legacy.rules > nft.rules
     };
@@ -77,19 +89,42 @@ pub fn decide(nft: Evidence, legacy: Evidence) -> Backend {
     }
 }
 
-/// Reads both back ends (a missing binary or a failing save counts as an empty back end) and
+/// Reads both back ends (a missing binary or a failing read counts as an empty back end) and
 /// decides. Returns the choice and the evidence, for the log.
 pub fn detect() -> (Backend, Evidence, Evidence) {
-    let read = |backend: Backend| {
-        let tool = Tool::new(backend);
-        let saves: Vec<String> = [IpFamily::V4, IpFamily::V6]
-            .into_iter()
-            .filter(|f| tool.available(*f))
-            .filter_map(|f| tool.save(f).ok())
+    let families = [IpFamily::V4, IpFamily::V6];
+    let legacy_tool = Tool::new(Backend::Legacy);
+    let nft_tool = Tool::new(Backend::Nft);
+    // Legacy's save is cheap at any size: read it all.
+    let legacy_saves: Vec<String> = families
+        .into_iter()
+        .filter(|f| legacy_tool.available(*f))
+        .filter_map(|f| legacy_tool.save(f).ok())
+        .collect();
+    let legacy = Evidence::from_saves(legacy_saves.iter().map(String::as_str));
+    // nft: the small mangle table for kubelet's hint, one chain for kproxy's own.
+    let nft_available: Vec<IpFamily> = families
+        .into_iter()
+        .filter(|f| nft_tool.available(*f))
+        .collect();
+    let mangle: Vec<String> = nft_available
+        .iter()
+        .filter_map(|f| nft_tool.save_table(*f, "mangle").ok())
+        .collect();
+    let mut nft = Evidence::from_saves(mangle.iter().map(String::as_str));
+    nft.kproxy = nft_available.iter().any(|f| {
+        nft_tool
+            .list_chain(*f, "nat", crate::names::SERVICES)
+            .is_ok()
+    });
+    if !(nft.kubelet_hint || legacy.kubelet_hint || nft.kproxy || legacy.kproxy) {
+        // Nothing decided yet: count every nft rule (no kproxy table in nft, so not a large one).
+        let saves: Vec<String> = nft_available
+            .iter()
+            .filter_map(|f| nft_tool.save(*f).ok())
             .collect();
-        Evidence::from_saves(saves.iter().map(String::as_str))
-    };
-    let (nft, legacy) = (read(Backend::Nft), read(Backend::Legacy));
+        nft = Evidence::from_saves(saves.iter().map(String::as_str));
+    }
     (decide(nft, legacy), nft, legacy)
 }
 
@@ -115,6 +150,16 @@ mod tests {
             ),
             Backend::Legacy
         );
+    }
+
+    #[test]
+    fn kproxys_own_chains_come_next() {
+        let ours = Evidence::from_saves(["*nat\n:KPROXY-SERVICES - [0:0]\nCOMMIT\n"]);
+        assert!(ours.kproxy);
+        let busy = Evidence::from_saves([THREE_RULES]);
+        assert_eq!(decide(busy, ours), Backend::Legacy);
+        assert_eq!(decide(ours, busy), Backend::Nft);
+        assert_eq!(decide(Evidence::from_saves([HINT]), ours), Backend::Nft);
     }
 
     #[test]

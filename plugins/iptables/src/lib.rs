@@ -152,8 +152,10 @@ impl IptablesDataplane {
                 backend = choice.as_str(),
                 nft_rules = nft.rules,
                 nft_kubelet_hint = nft.kubelet_hint,
+                nft_kproxy = nft.kproxy,
                 legacy_rules = legacy.rules,
                 legacy_kubelet_hint = legacy.kubelet_hint,
+                legacy_kproxy = legacy.kproxy,
                 "iptables back end detected"
             );
             choice

@@ -223,9 +223,19 @@ impl Tool {
 
     /// `iptables-save` (every table the back end holds) for `family`.
     pub fn save(&self, family: IpFamily) -> Result<String, ToolError> {
+        self.run_save(family, &[])
+    }
+
+    /// `iptables-save -t <table>` for `family`.
+    pub fn save_table(&self, family: IpFamily, table: &str) -> Result<String, ToolError> {
+        self.run_save(family, &["-t", table])
+    }
+
+    fn run_save(&self, family: IpFamily, args: &[&str]) -> Result<String, ToolError> {
         let name = self.binary(family, "save");
         let path = locate(&name).unwrap_or_else(|| PathBuf::from(&name));
         let output = Command::new(&path)
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .map_err(|source| ToolError::Spawn {

@@ -403,6 +403,26 @@ fn the_back_end_is_detected_as_upstream_does() {
     assert_eq!(used, Some(Backend::Legacy));
     assert!(ns.save(Backend::Legacy, false)["nat"].contains_key("KPROXY-SERVICES"));
 
+    // Once kproxy runs there, its own chains keep it there, however many rules nft gains.
+    for i in 0..10 {
+        ns.exec(&[
+            "iptables-nft",
+            "-w",
+            "-A",
+            "INPUT",
+            "-s",
+            &format!("192.0.2.{i}"),
+            "-j",
+            "ACCEPT",
+        ]);
+    }
+    let (choice, nft, legacy) = ns.run(backend::detect);
+    assert!(
+        legacy.kproxy && !nft.kproxy,
+        "nft {nft:?} legacy {legacy:?}"
+    );
+    assert_eq!(choice, Backend::Legacy);
+
     // kubelet's hint in nft wins over legacy's rule count.
     let Some(ns) = Scratch::create() else { return };
     for i in 0..3 {
