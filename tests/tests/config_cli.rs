@@ -362,3 +362,44 @@ fn version_and_usage() {
     let out = kproxy(&["frobnicate"], &[]);
     assert_eq!(out.status.code(), Some(2), "a usage error exits 2");
 }
+
+/// Every dataplane example under `configs/dataplanes/` names a plugin that exists in the build,
+/// and that plugin accepts the example's section as written (so the documented keys and values
+/// never drift from what the plugin takes).
+#[test]
+fn every_dataplane_example_is_accepted_by_its_plugin() {
+    let dir = repo().join("configs").join("dataplanes");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            path.file_stem().unwrap().to_str().unwrap(),
+            config.dataplane,
+            "{} should be named after the dataplane it configures",
+            path.display()
+        );
+        let plugins = PluginDir::with(&[config.dataplane.as_str()]);
+        let plugin = kproxy::plugin_host::PluginHost::new(plugins.path())
+            .load(&config.dataplane)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let section = config.plugin_section_toml();
+        assert!(
+            !section.is_empty(),
+            "{} has no [dataplanes.{}] section",
+            path.display(),
+            config.dataplane
+        );
+        plugin
+            .validate_config(&section)
+            .unwrap_or_else(|e| panic!("{}: the plugin refuses its section: {e}", path.display()));
+        // The check can fail: a misspelt key in the same section is refused.
+        assert!(plugin
+            .validate_config(&format!("{section}\nno_such_key = 1\n"))
+            .is_err());
+        checked.push(config.dataplane);
+    }
+    checked.sort();
+    assert_eq!(checked, ["iptables", "nftables"]);
+}
