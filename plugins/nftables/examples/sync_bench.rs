@@ -52,6 +52,20 @@ fn run(ns: &str, services: usize, endpoints: usize) {
         render.as_secs_f64() * 1e3
     );
 
+    {
+        use kproxy_plugin_nftables::{netlink::Batch, script::Sink as _};
+        let mut names = 0;
+        let mut batch = Batch::new(&mut names, false);
+        let t = Instant::now();
+        let _ = plan::plan_full(&[ctx], &[], &state, &Default::default(), &mut batch);
+        println!(
+            "netlink batch: {} KiB, {} objects; planned and encoded in {:.1} ms",
+            batch.len() / 1024,
+            batch.objects(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+
     if let Ok(path) = std::env::var("KPNFT_DUMP") {
         std::fs::write(&path, &plan.script).expect("write script");
         println!("script written to {path}");
