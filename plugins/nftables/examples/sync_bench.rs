@@ -1,4 +1,4 @@
-//! Times a full sync (render + `nft -f`) and a one-endpoint incremental sync at a given size,
+//! Times a full sync (render + apply with the default writer) and a one-endpoint incremental sync at a given size,
 //! inside a scratch network namespace (needs root). Not a test: it prints figures.
 //!
 //! `cargo run --release -p kproxy-plugin-nftables --example sync_bench -- [services] [endpoints]`
@@ -90,7 +90,7 @@ fn run(ns: &str, services: usize, endpoints: usize) {
         let t = Instant::now();
         dp.sync(&state, &full).unwrap();
         println!(
-            "full sync (render + nft -f) #{round}: {:.1} ms",
+            "full sync (render + kernel) #{round}: {:.1} ms",
             t.elapsed().as_secs_f64() * 1e3
         );
     }
