@@ -1,8 +1,7 @@
 //! Hand-built states for tests and benchmarks: a builder for service ports and a few ready-made
 //! settings, so a test reads as the service it describes rather than as struct literals.
 //!
-//! Shared by the dataplane plugins (first written for the nftables plugin, whose own copy in
-//! `plugins/nftables/src/sample.rs` can switch to this one).
+//! Shared by the dataplane plugins (the nftables plugin re-exports it as its `sample`).
 
 use kproxy_plugin_api::{
     abi_stable::std_types::{RString, RVec},
