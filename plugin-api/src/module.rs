@@ -174,6 +174,18 @@ pub struct PluginStats {
     pub counters: RVec<Tuple2<RString, u64>>,
 }
 
+impl PluginStats {
+    /// Builds the counters from `(name, value)` pairs, the form plugins keep them in.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, u64)>) -> Self {
+        PluginStats {
+            counters: pairs
+                .into_iter()
+                .map(|(name, value)| Tuple2(name.into(), value))
+                .collect(),
+        }
+    }
+}
+
 /// A built dataplane: the object the host syncs. Calls block (they talk to the kernel), so the
 /// host calls them from its sync thread, never from the async runtime.
 #[sabi_trait]

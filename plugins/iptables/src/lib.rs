@@ -29,9 +29,8 @@ use backend::Backend;
 use config::{BackendChoice, DispatchMode, IptablesConfig};
 use kproxy_dataplane_common::conntrack;
 use kproxy_plugin_api::{
-    abi_stable::std_types::Tuple2, export_plugin, Capabilities, ChangeSet, HostContext, IpFamily,
-    NodeFacts, Plugin, PluginError, PluginStats, Protocol, ProxySettings, ProxyState,
-    ServicePortKey, SyncReport,
+    export_plugin, Capabilities, ChangeSet, HostContext, IpFamily, NodeFacts, Plugin, PluginError,
+    PluginStats, Protocol, ProxySettings, ProxyState, ServicePortKey, SyncReport,
 };
 use render::{FamilyCtx, PortRules};
 use restore::Tool;
@@ -525,12 +524,7 @@ impl Plugin for IptablesDataplane {
             ("conntrack_entries_deleted", c.conntrack_deleted),
             ("conntrack_cleanup_failures", c.conntrack_failures),
         ];
-        PluginStats {
-            counters: counters
-                .into_iter()
-                .map(|(name, value)| Tuple2(name.into(), value))
-                .collect(),
-        }
+        PluginStats::from_pairs(counters)
     }
 }
 

@@ -29,8 +29,8 @@ mod tests;
 use config::{NftConfig, Writer};
 use kproxy_dataplane_common::conntrack;
 use kproxy_plugin_api::{
-    abi_stable::std_types::Tuple2, export_plugin, Capabilities, ChangeSet, HostContext, IpFamily,
-    NodeFacts, Plugin, PluginError, PluginStats, Protocol, ProxySettings, ProxyState, SyncReport,
+    export_plugin, Capabilities, ChangeSet, HostContext, IpFamily, NodeFacts, Plugin, PluginError,
+    PluginStats, Protocol, ProxySettings, ProxyState, SyncReport,
 };
 use nft::Nft;
 use plan::{AffinitySnapshot, FamilyProgram};
@@ -347,12 +347,7 @@ impl Plugin for NftablesDataplane {
             ("conntrack_entries_deleted", c.conntrack_deleted),
             ("conntrack_cleanup_failures", c.conntrack_failures),
         ];
-        PluginStats {
-            counters: counters
-                .into_iter()
-                .map(|(name, value)| Tuple2(name.into(), value))
-                .collect(),
-        }
+        PluginStats::from_pairs(counters)
     }
 }
 
