@@ -414,6 +414,88 @@ impl ServicePort {
     }
 }
 
+/// One IP family's view of a service port, decided as upstream's per-family proxier decides it:
+/// which addresses of that family the node serves, which traffic policies are in force, and
+/// which endpoints serve cluster-wide and node-local traffic. Every dataplane renders from this,
+/// so the decision is written once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyView<'a> {
+    /// `spec.externalIPs` of this family.
+    pub external_ips: Vec<IpAddr>,
+    /// Load-balancer ingress IPs of this family that the node handles (`ipMode: VIP`; `Proxy`
+    /// ones are the load balancer's business, as upstream).
+    pub lb_ips: Vec<IpAddr>,
+    /// Reachable from outside through this family: a node port, an external IP or an LB IP.
+    pub externally_accessible: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`, for an externally accessible port.
+    pub external_local: bool,
+    /// Endpoints of this family for policy `Cluster` — empty when no traffic uses them
+    /// (upstream's `UsesClusterEndpoints`; still used under `externalTrafficPolicy: Local`
+    /// for the short-circuit of pod and node traffic).
+    pub cluster_endpoints: Vec<&'a Endpoint>,
+    /// Endpoints of this family for policy `Local` — empty unless a `Local` policy is in force
+    /// (upstream's `UsesLocalEndpoints`).
+    pub local_endpoints: Vec<&'a Endpoint>,
+    /// Whether the port has usable endpoints anywhere (upstream's `hasAnyEndpoints`): decides
+    /// between REJECT (none at all) and DROP (none local under a `Local` policy).
+    pub has_endpoints: bool,
+}
+
+impl ServicePort {
+    /// This port as `family` sees it; see [`FamilyView`].
+    pub fn family_view(&self, family: IpFamily) -> FamilyView<'_> {
+        let external_ips: Vec<IpAddr> = self
+            .external_ips
+            .iter()
+            .copied()
+            .filter(|a| a.family == family)
+            .collect();
+        let lb_ips: Vec<IpAddr> = self
+            .load_balancer_ingress
+            .iter()
+            .filter(|i| i.ip.family == family && i.ip_mode == IpMode::Vip)
+            .map(|i| i.ip)
+            .collect();
+        let externally_accessible =
+            self.node_port != 0 || !external_ips.is_empty() || !lb_ips.is_empty();
+        let internal_local = self.internal_traffic_policy == TrafficPolicy::Local;
+        let external_local =
+            externally_accessible && self.external_traffic_policy == TrafficPolicy::Local;
+        let uses_cluster = !internal_local || externally_accessible;
+        let uses_local = internal_local || external_local;
+        let in_family = |e: &&Endpoint| e.ip.family == family;
+        let cluster_endpoints: Vec<&Endpoint> = if uses_cluster {
+            self.cluster_endpoints().filter(in_family).collect()
+        } else {
+            Vec::new()
+        };
+        let local_endpoints: Vec<&Endpoint> = if uses_local {
+            self.local_endpoints().filter(in_family).collect()
+        } else {
+            Vec::new()
+        };
+        let has_endpoints = !cluster_endpoints.is_empty()
+            || (uses_local
+                && self
+                    .endpoints
+                    .iter()
+                    .filter(in_family)
+                    .any(|e| e.ready || (e.serving && e.terminating)));
+        FamilyView {
+            external_ips,
+            lb_ips,
+            externally_accessible,
+            internal_local,
+            external_local,
+            cluster_endpoints,
+            local_endpoints,
+            has_endpoints,
+        }
+    }
+}
+
 /// What the daemon knows about the node it runs on.
 #[repr(C)]
 #[derive(StableAbi, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -603,6 +685,34 @@ mod tests {
         // externalTrafficPolicy means nothing for a service nobody outside can reach.
         let p = port("a", Cluster, Local, 0);
         assert!(!p.external_policy_local());
+    }
+
+    #[test]
+    fn family_view_follows_upstreams_per_family_decisions() {
+        use TrafficPolicy::*;
+        // internalTrafficPolicy Local, not reachable from outside: only local endpoints, and a
+        // port whose only endpoint is remote still "has endpoints" (DROP, not REJECT).
+        let mut p = port("a", Local, Cluster, 0);
+        let v = p.family_view(IpFamily::V4);
+        assert!(v.cluster_endpoints.is_empty() && v.local_endpoints.len() == 1);
+        assert!(v.internal_local && !v.externally_accessible && v.has_endpoints);
+        p.endpoints.retain(|e| !e.is_local);
+        assert!(p.family_view(IpFamily::V4).local_endpoints.is_empty());
+        assert!(p.family_view(IpFamily::V4).has_endpoints);
+        // externalTrafficPolicy Local keeps the cluster endpoints for the short-circuit.
+        let etp = port("a", Cluster, Local, 30000);
+        let v = etp.family_view(IpFamily::V4);
+        assert!(v.external_local && v.cluster_endpoints.len() == 2 && v.local_endpoints.len() == 1);
+        // Another family sees none of these endpoints, and an ipMode Proxy LB IP is not served.
+        let mut p = port("a", Cluster, Cluster, 0);
+        p.load_balancer_ingress.push(LoadBalancerIngress {
+            ip: std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
+            ip_mode: IpMode::Proxy,
+        });
+        let v = p.family_view(IpFamily::V4);
+        assert!(v.lb_ips.is_empty() && !v.externally_accessible);
+        let v6 = p.family_view(IpFamily::V6);
+        assert!(v6.cluster_endpoints.is_empty() && !v6.has_endpoints);
     }
 
     #[test]

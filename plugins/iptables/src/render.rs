@@ -16,8 +16,8 @@ use crate::{
     names::{self, Kind},
 };
 use kproxy_plugin_api::{
-    Cidr, Endpoint, IpAddr, IpFamily, IpMode, LocalDetectMode, NodeFacts, Protocol, ProxySettings,
-    ServicePort, TrafficPolicy,
+    Cidr, Endpoint, FamilyView, IpAddr, IpFamily, LocalDetectMode, NodeFacts, Protocol,
+    ProxySettings, ServicePort,
 };
 
 /// Upstream's default ClientIP affinity timeout, used when a service gives none.
@@ -546,51 +546,22 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortRules> {
     let proto = key.protocol;
     let cluster_ip = *sp.cluster_ips.iter().find(|a| a.family == fam)?;
     let name = names::service_port_name(key);
-    let external_ips: Vec<IpAddr> = sp
-        .external_ips
-        .iter()
-        .copied()
-        .filter(|a| a.family == fam)
-        .collect();
-    // `ipMode: Proxy` ingress IPs are the load balancer's business, as upstream.
-    let lb_ips: Vec<IpAddr> = sp
-        .load_balancer_ingress
-        .iter()
-        .filter(|i| i.ip.family == fam && i.ip_mode == IpMode::Vip)
-        .map(|i| i.ip)
-        .collect();
+    let FamilyView {
+        external_ips,
+        lb_ips,
+        externally_accessible,
+        internal_local: itp_local,
+        external_local: etp_local,
+        cluster_endpoints: cluster_eps,
+        local_endpoints: local_eps,
+        has_endpoints,
+    } = sp.family_view(fam);
     let source_ranges: Vec<Cidr> = sp
         .load_balancer_source_ranges
         .iter()
         .filter(|c| c.family() == fam)
         .copied()
         .collect();
-
-    let externally_accessible = sp.node_port != 0 || !external_ips.is_empty() || !lb_ips.is_empty();
-    let itp_local = sp.internal_traffic_policy == TrafficPolicy::Local;
-    let etp_local = externally_accessible && sp.external_traffic_policy == TrafficPolicy::Local;
-    // Upstream's UsesClusterEndpoints / UsesLocalEndpoints: under externalTrafficPolicy Local
-    // the cluster endpoints are still needed for the short-circuit of pod and node traffic.
-    let uses_cluster = !itp_local || externally_accessible;
-    let uses_local = itp_local || etp_local;
-    let in_family = |e: &&Endpoint| e.ip.family == fam;
-    let cluster_eps: Vec<&Endpoint> = if uses_cluster {
-        sp.cluster_endpoints().filter(in_family).collect()
-    } else {
-        Vec::new()
-    };
-    let local_eps: Vec<&Endpoint> = if uses_local {
-        sp.local_endpoints().filter(in_family).collect()
-    } else {
-        Vec::new()
-    };
-    let has_endpoints = !cluster_eps.is_empty()
-        || (uses_local
-            && sp
-                .endpoints
-                .iter()
-                .filter(in_family)
-                .any(|e| e.ready || (e.serving && e.terminating)));
 
     let cluster_chain =
         (!cluster_eps.is_empty()).then(|| names::service_chain(Kind::ClusterPolicy, key));

@@ -16,8 +16,8 @@ use crate::{
     script::{ElemRef, KeyType, SetKey, SetSpec, Sink},
 };
 use kproxy_plugin_api::{
-    Cidr, Endpoint, IpAddr, IpFamily, IpMode, LocalDetectMode, NodeFacts, Protocol, ProxySettings,
-    ServicePort, TrafficPolicy,
+    Cidr, Endpoint, FamilyView, IpAddr, IpFamily, LocalDetectMode, NodeFacts, Protocol,
+    ProxySettings, ServicePort,
 };
 
 /// Upstream's default ClientIP affinity timeout, used when a service gives none.
@@ -525,49 +525,17 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     let key = &sp.key;
     let cluster_ip = *sp.cluster_ips.iter().find(|a| a.family == fam)?;
     let proto = key.protocol;
-    let external_ips: Vec<IpAddr> = sp
-        .external_ips
-        .iter()
-        .copied()
-        .filter(|a| a.family == fam)
-        .collect();
-    // `ipMode: Proxy` ingress IPs are delivered by the load balancer to the node's own address,
-    // so kproxy leaves them alone, as upstream does.
-    let lb_ips: Vec<IpAddr> = sp
-        .load_balancer_ingress
-        .iter()
-        .filter(|i| i.ip.family == fam && i.ip_mode == IpMode::Vip)
-        .map(|i| i.ip)
-        .collect();
+    let FamilyView {
+        external_ips,
+        lb_ips,
+        externally_accessible,
+        internal_local: itp_local,
+        external_local: etp_local,
+        cluster_endpoints: cluster_eps,
+        local_endpoints: local_eps,
+        has_endpoints,
+    } = sp.family_view(fam);
     let source_ranges = ctx.cidrs(sp.load_balancer_source_ranges.iter());
-
-    let externally_accessible = sp.node_port != 0 || !external_ips.is_empty() || !lb_ips.is_empty();
-    let itp_local = sp.internal_traffic_policy == TrafficPolicy::Local;
-    let etp_local = externally_accessible && sp.external_traffic_policy == TrafficPolicy::Local;
-    // Even under `externalTrafficPolicy: Local` the cluster endpoints are needed: traffic from
-    // pods and from the node itself short-circuits to them.
-    let uses_cluster = !itp_local || externally_accessible;
-    let uses_local = itp_local || etp_local;
-
-    let in_family = |e: &&Endpoint| e.ip.family == fam;
-    let cluster_eps: Vec<&Endpoint> = if uses_cluster {
-        sp.cluster_endpoints().filter(in_family).collect()
-    } else {
-        Vec::new()
-    };
-    let local_eps: Vec<&Endpoint> = if uses_local {
-        sp.local_endpoints().filter(in_family).collect()
-    } else {
-        Vec::new()
-    };
-    // Whether the service has usable endpoints anywhere (upstream's `hasAnyEndpoints`).
-    let has_endpoints = !cluster_eps.is_empty()
-        || (uses_local
-            && sp
-                .endpoints
-                .iter()
-                .filter(in_family)
-                .any(|e| e.ready || (e.serving && e.terminating)));
 
     let cluster_chain =
         (!cluster_eps.is_empty()).then(|| names::service_object(Kind::ClusterPolicy, key));
