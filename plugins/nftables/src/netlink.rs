@@ -17,10 +17,11 @@
 //! the rule's text) with the kernel's errno and extended-ack message.
 
 use crate::rule::{
-    Action, AddrItem, AddrValue, Dir, ElemKey, Match, PortValue, Reject, Rule, Verdict, VmapKey,
+    Action, AddrItem, AddrValue, Dir, ElemKey, ElemValue, Match, PortValue, Reject, Rule, Verdict,
+    VmapKey, SLOTS,
 };
-use crate::script::{ElemRef, KeyType, SetKey, SetSpec, Sink};
-use kproxy_plugin_api::{IpAddr, IpFamily, PluginError};
+use crate::script::{ElemRef, KeyType, SetKey, SetSpec, SetValue, Sink};
+use kproxy_plugin_api::{IpAddr, IpFamily, PluginError, Protocol};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 // Netlink and nfnetlink framing.
@@ -75,6 +76,7 @@ const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DATA_TYPE: u16 = 6;
+const NFTA_SET_DATA_LEN: u16 = 7;
 const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_ID: u16 = 10;
 const NFTA_SET_TIMEOUT: u16 = 11;
@@ -124,7 +126,18 @@ const UDATA_SET_DATA_TYPEOF: u8 = 4;
 const UDATA_SET_DATA_INTERVAL: u8 = 6;
 // nft's expression ids in `typeof` userdata.
 const TYPEOF_EXPR_VERDICT: u32 = 1;
+const TYPEOF_EXPR_PAYLOAD: u32 = 7;
+const TYPEOF_EXPR_CONCAT: u32 = 13;
 const TYPEOF_EXPR_NUMGEN: u32 = 23;
+// nft's protocol header ids (`enum proto_desc_id`) and field indexes, for payload `typeof`.
+const PROTO_DESC_UDP: u32 = 6;
+const PROTO_DESC_TCP: u32 = 8;
+const PROTO_DESC_SCTP: u32 = 10;
+const PROTO_DESC_IP: u32 = 12;
+const PROTO_DESC_IP6: u32 = 13;
+const IPHDR_DADDR: u32 = 12;
+const IP6HDR_DADDR: u32 = 9;
+const TH_DPORT: u32 = 2;
 const UDATA_SET_COMMENT: u8 = 7;
 const BYTEORDER_HOST: u32 = 1;
 const BYTEORDER_BIG: u32 = 2;
@@ -273,6 +286,35 @@ fn verdict_typeof() -> Vec<u8> {
     udata(&[(0, &TYPEOF_EXPR_VERDICT.to_ne_bytes()), (1, &[])])
 }
 
+/// `: ip daddr . tcp dport` in a `typeof` map, as nft stores it: a concatenation whose parts
+/// are payload expressions, each named by its protocol header and field.
+fn endpoint_typeof(family: IpFamily, proto: Protocol) -> Vec<u8> {
+    let payload = |desc: u32, field: u32| {
+        let inner = udata(&[(0, &desc.to_ne_bytes()), (1, &field.to_ne_bytes())]);
+        udata(&[(0, &TYPEOF_EXPR_PAYLOAD.to_ne_bytes()), (1, &inner)])
+    };
+    let addr = match family {
+        IpFamily::V4 => payload(PROTO_DESC_IP, IPHDR_DADDR),
+        IpFamily::V6 => payload(PROTO_DESC_IP6, IP6HDR_DADDR),
+    };
+    let l4 = match proto {
+        Protocol::Tcp => PROTO_DESC_TCP,
+        Protocol::Udp => PROTO_DESC_UDP,
+        Protocol::Sctp => PROTO_DESC_SCTP,
+    };
+    let port = payload(l4, TH_DPORT);
+    let parts = udata(&[(0, &addr), (1, &port)]);
+    udata(&[(0, &TYPEOF_EXPR_CONCAT.to_ne_bytes()), (1, &parts)])
+}
+
+/// An endpoint as a slot map's data: the address, then the port in its own 4-byte slot.
+fn endpoint_bytes(addr: IpAddr, port: u16) -> Vec<u8> {
+    let mut v = addr_vec(addr);
+    v.extend_from_slice(&port.to_be_bytes());
+    v.resize(align4(v.len()), 0);
+    v
+}
+
 fn comment_bytes(text: &str) -> Vec<u8> {
     // Userdata values are at most 255 bytes, NUL included.
     let mut b: Vec<u8> = text.as_bytes().iter().copied().take(254).collect();
@@ -314,9 +356,27 @@ fn key_bytes(key: &ElemKey) -> Vec<u8> {
             part(&port.to_be_bytes());
         }
         ElemKey::Port(port) => v.extend_from_slice(&port.to_be_bytes()),
-        ElemKey::Index(i) => v.extend_from_slice(&i.to_ne_bytes()),
+        // A slot range is two kernel elements ([`key_parts`]); alone, its first slot.
+        ElemKey::Slots(first, _) => v.extend_from_slice(&first.to_be_bytes()),
+        ElemKey::AddrPair(a) => {
+            part(&addr_vec(*a));
+            part(&addr_vec(*a));
+        }
     }
     v
+}
+
+/// The kernel elements one key is made of: `(key bytes, interval end)`. A slot range is its
+/// first slot and, flagged as an interval end, the slot after its last (the numgen result is
+/// converted to big endian before the lookup, as nft does, so ranges sort as numbers).
+fn key_parts(key: &ElemKey) -> Vec<(Vec<u8>, bool)> {
+    match key {
+        ElemKey::Slots(first, last) => vec![
+            (first.to_be_bytes().to_vec(), false),
+            ((last + 1).to_be_bytes().to_vec(), true),
+        ],
+        k => vec![(key_bytes(k), false)],
+    }
 }
 
 /// `(nft type id, key length, concat field lengths, byte order)` of a key type.
@@ -342,7 +402,11 @@ fn key_type(k: KeyType) -> (u32, u32, Vec<u32>, u32) {
             BYTEORDER_BIG,
         ),
         KeyType::Port => (TYPE_INET_SERVICE, 2, Vec::new(), BYTEORDER_BIG),
-        KeyType::Numgen(_) => (TYPE_INTEGER, 4, Vec::new(), BYTEORDER_HOST),
+        KeyType::Slots => (TYPE_INTEGER, 4, Vec::new(), BYTEORDER_HOST),
+        KeyType::AddrPair(f) => {
+            let (t, l) = addr(f);
+            ((t << TYPE_BITS) | t, 2 * l, vec![l, l], BYTEORDER_BIG)
+        }
     }
 }
 
@@ -711,6 +775,13 @@ impl<'n> Batch<'n> {
                 e.bitwise(REG_1, &bit.to_ne_bytes(), &0u32.to_ne_bytes());
                 e.cmp(REG_1, false, &0u32.to_ne_bytes());
             }
+            Match::AddrPairIn { family, set } => {
+                let (src, len) = addr_offset(*family, Dir::Src);
+                let (dst, _) = addr_offset(*family, Dir::Dst);
+                e.payload(1, src, len, REG_1);
+                e.payload(1, dst, len, REG32_00 + len / 4);
+                e.lookup(REG_1, set, None, None, false);
+            }
         }
     }
 
@@ -733,9 +804,20 @@ impl<'n> Batch<'n> {
                 }
                 e.lookup(REG_1, map, None, Some(REG_VERDICT), false);
             }
-            Action::NumgenMap { modulus, map } => {
-                e.numgen(*modulus);
+            Action::SlotVmap { map } => {
+                e.numgen(SLOTS);
+                e.hton32(REG_1);
                 e.lookup(REG_1, map, None, Some(REG_VERDICT), false);
+            }
+            Action::DnatSlots { family, map } => {
+                e.numgen(SLOTS);
+                e.hton32(REG_1);
+                e.lookup(REG_1, map, None, Some(REG_1), false);
+                let addr_len = match family {
+                    IpFamily::V4 => 4,
+                    IpFamily::V6 => 16,
+                };
+                e.dnat(family_code(*family), REG_1, REG32_00 + addr_len / 4);
             }
             Action::MarkOr(bit) => {
                 e.meta_load(META_MARK, REG_1);
@@ -891,6 +973,17 @@ impl Exprs {
         });
     }
 
+    /// `byteorder reg = hton(reg, 4, 4)`: a 32-bit value in host order to big endian.
+    fn hton32(&mut self, reg: u32) {
+        self.expr("byteorder", |b| {
+            b.be32(1, reg); // NFTA_BYTEORDER_SREG
+            b.be32(2, reg); // NFTA_BYTEORDER_DREG
+            b.be32(3, 1); // NFTA_BYTEORDER_OP: NFT_BYTEORDER_HTON
+            b.be32(4, 4); // NFTA_BYTEORDER_LEN
+            b.be32(5, 4); // NFTA_BYTEORDER_SIZE
+        });
+    }
+
     fn fib(&mut self, flags: u32) {
         self.expr("fib", |b| {
             b.be32(1, REG_1); // NFTA_FIB_DREG
@@ -1034,7 +1127,7 @@ impl Sink for Batch<'_> {
         self.objects += 1;
         let (ty, len, concat, order) = key_type(spec.key);
         let mut flags = 0;
-        if spec.verdict_map {
+        if spec.value != SetValue::None {
             flags |= NFT_SET_MAP;
         }
         if spec.interval {
@@ -1051,8 +1144,18 @@ impl Sink for Batch<'_> {
         self.buf.be32(NFTA_SET_FLAGS, flags);
         self.buf.be32(NFTA_SET_KEY_TYPE, ty);
         self.buf.be32(NFTA_SET_KEY_LEN, len);
-        if spec.verdict_map {
-            self.buf.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+        match spec.value {
+            SetValue::None => {}
+            SetValue::Verdict => self.buf.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT),
+            SetValue::Endpoint(f, _) => {
+                let (t, l) = match f {
+                    IpFamily::V4 => (TYPE_IPADDR, 4),
+                    IpFamily::V6 => (TYPE_IP6ADDR, 16),
+                };
+                self.buf
+                    .be32(NFTA_SET_DATA_TYPE, (t << TYPE_BITS) | TYPE_INET_SERVICE);
+                self.buf.be32(NFTA_SET_DATA_LEN, l + 4);
+            }
         }
         if let Some(t) = spec.timeout {
             self.buf.be64(NFTA_SET_TIMEOUT, u64::from(t) * 1000);
@@ -1067,19 +1170,22 @@ impl Sink for Batch<'_> {
         let merge = 1u32.to_ne_bytes();
         let comment = spec.comment.map(comment_bytes);
         let zero = 0u32.to_ne_bytes();
-        let (key_typeof, data_typeof) = match spec.key {
-            KeyType::Numgen(modulus) => (numgen_typeof(modulus), verdict_typeof()),
+        let (key_typeof, data_typeof) = match (spec.key, spec.value) {
+            (KeyType::Slots, SetValue::Endpoint(f, p)) => {
+                (numgen_typeof(SLOTS), endpoint_typeof(f, p))
+            }
+            (KeyType::Slots, _) => (numgen_typeof(SLOTS), verdict_typeof()),
             _ => (Vec::new(), Vec::new()),
         };
         let mut items: Vec<(u8, &[u8])> = vec![(UDATA_SET_KEYBYTEORDER, &order)];
         if !key_typeof.is_empty() {
-            // As nft writes `typeof numgen random mod N : verdict`.
+            // As nft writes `typeof numgen random mod 65536 : verdict` (or `: ip daddr . …`).
             items.push((UDATA_SET_DATABYTEORDER, &zero));
             items.push((UDATA_SET_KEY_TYPEOF, &key_typeof));
             items.push((UDATA_SET_DATA_TYPEOF, &data_typeof));
             items.push((UDATA_SET_DATA_INTERVAL, &zero));
         }
-        if spec.interval {
+        if spec.interval && spec.value == SetValue::None {
             items.push((UDATA_SET_MERGE_ELEMENTS, &merge));
         }
         if let Some(c) = &comment {
@@ -1129,7 +1235,7 @@ impl Batch<'_> {
             // One element may be two kernel elements (an interval's start and end).
             let mut parts: Vec<(Vec<u8>, bool)> = Vec::with_capacity(2);
             match el.key {
-                SetKey::Key(k) => parts.push((key_bytes(k), false)),
+                SetKey::Key(k) => parts.extend(key_parts(k)),
                 SetKey::Client(a) => parts.push((addr_vec(a), false)),
                 SetKey::Cidr(c) => parts.extend(interval_elements(&[AddrItem::Prefix(*c)])),
             }
@@ -1160,9 +1266,13 @@ impl Batch<'_> {
                         .be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
                 }
                 self.buf.data_value(NFTA_SET_ELEM_KEY, &key);
-                if add {
-                    if let Some(v) = el.value {
-                        self.buf.data_verdict(NFTA_SET_ELEM_DATA, v);
+                if add && !end {
+                    match el.value {
+                        Some(ElemValue::Verdict(v)) => self.buf.data_verdict(NFTA_SET_ELEM_DATA, v),
+                        Some(ElemValue::Endpoint(a, port)) => self
+                            .buf
+                            .data_value(NFTA_SET_ELEM_DATA, &endpoint_bytes(*a, *port)),
+                        None => {}
                     }
                     if let Some((timeout, expires)) = el.timeout {
                         self.buf

@@ -8,8 +8,8 @@
 //! [`FamilyProgram`]; it ends with exactly what a full sync of the same state would write.
 
 use crate::{
-    render::{self, affinity_set_spec, Container, Element, EndpointMap, FamilyCtx, PortObjects},
-    rule::{ElemKey, Verdict},
+    render::{self, affinity_set_spec, Container, Element, FamilyCtx, PortObjects, SlotMap},
+    rule::{ElemKey, ElemValue},
     script::{ElemRef, Script, SetKey, Sink},
 };
 use kproxy_plugin_api::{IpAddr, IpFamily, ProxyState, ServicePort, ServicePortKey};
@@ -21,12 +21,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// full and incremental syncs alike, instead of failing the whole transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ElementIndex {
-    claims: BTreeMap<(Container, ElemKey), BTreeMap<ServicePortKey, Option<Verdict>>>,
+    claims: BTreeMap<(Container, ElemKey), BTreeMap<ServicePortKey, Option<ElemValue>>>,
 }
 
 impl ElementIndex {
     /// The element as it is in the kernel: `None` when absent, else its value.
-    pub fn effective(&self, container: Container, key: &ElemKey) -> Option<&Option<Verdict>> {
+    pub fn effective(&self, container: Container, key: &ElemKey) -> Option<&Option<ElemValue>> {
         self.claims
             .get(&(container, key.clone()))
             .and_then(|owners| owners.values().next())
@@ -50,7 +50,7 @@ impl ElementIndex {
     }
 
     /// Every element as it is in the kernel, sorted by container and key.
-    pub fn elements(&self) -> impl Iterator<Item = (Container, &ElemKey, &Option<Verdict>)> {
+    pub fn elements(&self) -> impl Iterator<Item = (Container, &ElemKey, &Option<ElemValue>)> {
         self.claims
             .iter()
             .filter_map(|((c, k), owners)| owners.values().next().map(|v| (*c, k, v)))
@@ -199,13 +199,12 @@ pub fn plan_full(
     programs
 }
 
-/// Adds an endpoint map and its elements.
-fn add_map(s: &mut impl Sink, map: &EndpointMap) {
+/// Adds a slot map and its elements.
+fn add_map(s: &mut impl Sink, map: &SlotMap) {
     s.add_set(&map.spec());
-    let elements = map.elements();
     s.add_elements(
         &map.name,
-        elements.iter().map(|(k, v)| ElemRef::new(k, Some(v))),
+        map.elements.iter().map(|(k, v)| ElemRef::new(k, Some(v))),
     );
 }
 
@@ -248,7 +247,7 @@ pub fn plan_incremental(
             touched.insert((e.container, e.key.clone()));
         }
     }
-    let before: Vec<Option<Option<Verdict>>> = touched
+    let before: Vec<Option<Option<ElemValue>>> = touched
         .iter()
         .map(|(c, k)| program.index.effective(*c, k).cloned())
         .collect();
@@ -261,7 +260,7 @@ pub fn plan_incremental(
         }
     }
     let mut delete_elements: BTreeMap<Container, Vec<&ElemKey>> = BTreeMap::new();
-    let mut add_elements: BTreeMap<Container, Vec<(&ElemKey, Option<Verdict>)>> = BTreeMap::new();
+    let mut add_elements: BTreeMap<Container, Vec<(&ElemKey, Option<ElemValue>)>> = BTreeMap::new();
     for ((c, k), before) in touched.iter().zip(before) {
         let after = program.index.effective(*c, k);
         if before.as_ref() == after {
@@ -280,7 +279,9 @@ pub fn plan_incremental(
     let mut delete_chains = Vec::new();
     let mut delete_sets = Vec::new();
     let mut delete_maps = Vec::new();
-    let mut add_maps: Vec<EndpointMap> = Vec::new();
+    let mut add_maps: Vec<SlotMap> = Vec::new();
+    let mut delete_map_elements: Vec<(String, Vec<ElemKey>)> = Vec::new();
+    let mut add_map_elements: Vec<(String, Vec<(ElemKey, ElemValue)>)> = Vec::new();
     let mut add_sets = Vec::new();
     let mut add_chains = Vec::new();
     let mut rules: Vec<(String, Vec<crate::rule::Rule>)> = Vec::new();
@@ -304,16 +305,18 @@ pub fn plan_incremental(
                 .get(s.name.as_str())
                 .is_some_and(|t| *t != s.timeout)
         });
-        // An endpoint map whose slots change is re-created too (its declaration names the
-        // modulus), so the chain that uses it is rewritten.
-        let new_maps: HashMap<&str, &EndpointMap> =
+        // A slot map keeps its declaration when only its endpoints change: then only the
+        // elements that differ are written (data elements: the kernel need not re-validate
+        // the table). One whose kind of value changes (ClientIP affinity turned on or off) is
+        // re-created, and so is the chain that uses it.
+        let new_maps: HashMap<&str, &SlotMap> =
             new.maps.iter().map(|m| (m.name.as_str(), m)).collect();
-        let old_maps: HashMap<&str, &EndpointMap> =
+        let old_maps: HashMap<&str, &SlotMap> =
             old.maps.iter().map(|m| (m.name.as_str(), m)).collect();
         let maps_recreated: BTreeSet<&str> = old
             .maps
             .iter()
-            .filter(|m| new_maps.get(m.name.as_str()) != Some(m))
+            .filter(|m| new_maps.get(m.name.as_str()).map(|n| n.value) != Some(m.value))
             .map(|m| m.name.as_str())
             .collect();
         for m in &old.maps {
@@ -322,8 +325,17 @@ pub fn plan_incremental(
             }
         }
         for m in &new.maps {
-            if old_maps.get(m.name.as_str()) != Some(&m) {
-                add_maps.push(m.clone());
+            match old_maps.get(m.name.as_str()) {
+                Some(o) if !maps_recreated.contains(m.name.as_str()) => {
+                    let (gone, came) = slot_changes(o, m);
+                    if !gone.is_empty() {
+                        delete_map_elements.push((m.name.clone(), gone));
+                    }
+                    if !came.is_empty() {
+                        add_map_elements.push((m.name.clone(), came));
+                    }
+                }
+                _ => add_maps.push(m.clone()),
             }
         }
         let old_chains: HashMap<&str, &Vec<crate::rule::Rule>> = old
@@ -382,6 +394,9 @@ pub fn plan_incremental(
     for (c, keys) in &delete_elements {
         s.delete_elements(c.name(), keys.iter().map(|k| ElemRef::new(k, None)));
     }
+    for (map, keys) in &delete_map_elements {
+        s.delete_elements(map, keys.iter().map(|k| ElemRef::new(k, None)));
+    }
     for name in &flush {
         s.flush_chain(name);
     }
@@ -412,5 +427,28 @@ pub fn plan_incremental(
             elements.iter().map(|(k, v)| ElemRef::new(k, v.as_ref())),
         );
     }
+    for (map, elements) in &add_map_elements {
+        s.add_elements(map, elements.iter().map(|(k, v)| ElemRef::new(k, Some(v))));
+    }
     s.objects() - objects_before
+}
+
+/// The elements of slot map `old` that `new` no longer has (by key) and those it adds. An
+/// element whose slots stay but whose endpoint changes is in both.
+fn slot_changes(old: &SlotMap, new: &SlotMap) -> (Vec<ElemKey>, Vec<(ElemKey, ElemValue)>) {
+    let old_set: BTreeSet<&(ElemKey, ElemValue)> = old.elements.iter().collect();
+    let new_set: BTreeSet<&(ElemKey, ElemValue)> = new.elements.iter().collect();
+    let gone = old
+        .elements
+        .iter()
+        .filter(|e| !new_set.contains(e))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let came = new
+        .elements
+        .iter()
+        .filter(|e| !old_set.contains(e))
+        .cloned()
+        .collect();
+    (gone, came)
 }

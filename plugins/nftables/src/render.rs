@@ -11,9 +11,10 @@
 use crate::{
     names::{self, Kind},
     rule::{
-        Action, AddrItem, AddrValue, Dir, ElemKey, Match, PortValue, Reject, Rule, Verdict, VmapKey,
+        slots_of, Action, AddrItem, AddrValue, Dir, ElemKey, ElemValue, Match, PortValue, Reject,
+        Rule, Verdict, VmapKey,
     },
-    script::{ElemRef, KeyType, SetKey, SetSpec, Sink},
+    script::{ElemRef, KeyType, SetKey, SetSpec, SetValue, Sink},
 };
 use kproxy_plugin_api::{
     Cidr, Endpoint, FamilyView, IpAddr, IpFamily, LocalDetectMode, NodeFacts, Protocol,
@@ -85,11 +86,16 @@ pub enum Container {
     FirewallIps,
     /// Set of health-check node ports, accepted in the input hook.
     HealthCheckNodePorts,
+    /// Set of `endpoint . endpoint` pairs: a connection an endpoint makes to itself through a
+    /// service (hairpin) is masqueraded in postrouting, so the reply comes back through the
+    /// node. Upstream does this with a rule in each endpoint's chain; here endpoints have no
+    /// chain of their own (see [`SlotMap`]).
+    HairpinEndpoints,
 }
 
 impl Container {
     /// Every container, in the order a full sync writes them.
-    pub const ALL: [Container; 7] = [
+    pub const ALL: [Container; 8] = [
         Container::ClusterIps,
         Container::ServiceIps,
         Container::ServiceNodePorts,
@@ -97,6 +103,7 @@ impl Container {
         Container::NoEndpointNodePorts,
         Container::FirewallIps,
         Container::HealthCheckNodePorts,
+        Container::HairpinEndpoints,
     ];
 
     /// The set or map's name in the table.
@@ -109,6 +116,7 @@ impl Container {
             Container::NoEndpointNodePorts => "no-endpoint-nodeports",
             Container::FirewallIps => "firewall-ips",
             Container::HealthCheckNodePorts => "health-check-nodeports",
+            Container::HairpinEndpoints => "hairpin-endpoints",
         }
     }
 
@@ -116,7 +124,7 @@ impl Container {
     pub fn is_map(self) -> bool {
         !matches!(
             self,
-            Container::ClusterIps | Container::HealthCheckNodePorts
+            Container::ClusterIps | Container::HealthCheckNodePorts | Container::HairpinEndpoints
         )
     }
 
@@ -145,11 +153,19 @@ impl Container {
                 KeyType::Port,
                 "healthCheckNodePorts of externalTrafficPolicy Local services",
             ),
+            Container::HairpinEndpoints => (
+                KeyType::AddrPair(family),
+                "endpoints connecting to themselves through a service",
+            ),
         };
         SetSpec {
             name: self.name(),
             key,
-            verdict_map: self.is_map(),
+            value: if self.is_map() {
+                SetValue::Verdict
+            } else {
+                SetValue::None
+            },
             interval: false,
             timeout: None,
             comment: Some(comment),
@@ -165,7 +181,7 @@ pub struct Element {
     /// The key (`10.96.0.1 . tcp . 80`).
     pub key: ElemKey,
     /// The verdict (`goto service-…`, `drop`), or `None` in a plain set.
-    pub value: Option<Verdict>,
+    pub value: Option<ElemValue>,
 }
 
 impl Element {
@@ -193,35 +209,49 @@ pub struct AffinitySet {
     pub timeout: u32,
 }
 
-/// A named verdict map `0 : goto c0, 1 : goto c1, …` that a `numgen` rule picks from.
+/// A named slot map that a policy chain picks an endpoint from (`numgen random mod 65536`):
+/// the slots split evenly among the endpoints ([`slots_of`]), each mapping to the endpoint
+/// itself (`addr . port`, for `dnat … map`) or, with ClientIP affinity, to the endpoint's chain
+/// (`goto`, which records the client). Its declaration does not depend on the number of
+/// endpoints, so an endpoint change rewrites only its elements.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EndpointMap {
+pub struct SlotMap {
     /// The map's name (the name of the chain that uses it).
     pub name: String,
-    /// The chains, in slot order.
-    pub chains: Vec<String>,
+    /// What its elements map to.
+    pub value: SetValue,
+    /// Its elements: slot range → endpoint or chain.
+    pub elements: Vec<(ElemKey, ElemValue)>,
 }
 
-impl EndpointMap {
+impl SlotMap {
+    /// A map `name` spreading its slots over `values`, in order.
+    fn new(name: &str, value: SetValue, values: impl ExactSizeIterator<Item = ElemValue>) -> Self {
+        let n = values.len();
+        let elements = values
+            .enumerate()
+            .map(|(i, v)| {
+                let (first, last) = slots_of(i, n);
+                (ElemKey::Slots(first, last), v)
+            })
+            .collect();
+        SlotMap {
+            name: name.to_string(),
+            value,
+            elements,
+        }
+    }
+
     /// The map's declaration.
     pub fn spec(&self) -> SetSpec<'_> {
         SetSpec {
             name: &self.name,
-            key: KeyType::Numgen(self.chains.len() as u32),
-            verdict_map: true,
-            interval: false,
+            key: KeyType::Slots,
+            value: self.value,
+            interval: true,
             timeout: None,
             comment: None,
         }
-    }
-
-    /// The map's elements: slot → `goto` chain.
-    pub fn elements(&self) -> Vec<(ElemKey, Verdict)> {
-        self.chains
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (ElemKey::Index(i as u32), Verdict::Goto(c.clone())))
-            .collect()
     }
 }
 
@@ -232,8 +262,8 @@ pub struct PortObjects {
     pub chains: Vec<Chain>,
     /// ClientIP affinity sets.
     pub sets: Vec<AffinitySet>,
-    /// The endpoint maps of the chains that choose among several endpoints.
-    pub maps: Vec<EndpointMap>,
+    /// The slot maps the policy chains choose endpoints from.
+    pub maps: Vec<SlotMap>,
     /// Map and set elements.
     pub elements: Vec<Element>,
 }
@@ -372,7 +402,7 @@ pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut impl Sink) {
         s.add_set(&SetSpec {
             name: NODEPORT_IPS,
             key: KeyType::Addr(ctx.family),
-            verdict_map: false,
+            value: SetValue::None,
             interval: true,
             timeout: None,
             comment: Some("nodePortAddresses"),
@@ -439,6 +469,17 @@ pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut impl Sink) {
 
     let mark = ctx.mark();
     s.add_rule(MARK_MASQ, &Rule::new(Action::MarkOr(mark)));
+    s.add_rule(
+        MASQUERADING,
+        &Rule::when(
+            vec![Match::AddrPairIn {
+                family: ctx.family,
+                set: Container::HairpinEndpoints.name().into(),
+            }],
+            Action::Verdict(Verdict::Jump(MARK_MASQ.into())),
+        )
+        .comment("hairpin: an endpoint reached itself through a service"),
+    );
     s.add_rule(
         MASQUERADING,
         &Rule::when(
@@ -570,7 +611,7 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
         out.elements.push(Element {
             container,
             key,
-            value,
+            value: value.map(ElemValue::Verdict),
         })
     };
     let addr_key = |addr: IpAddr, port: u16| ElemKey::AddrProtoPort(addr, proto, port);
@@ -655,27 +696,34 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     let mut policy_rules = |chain: &str, eps: &[&Endpoint]| -> Vec<Rule> {
         let mut rules = Vec::new();
         if affinity {
+            // A remembered client goes to its endpoint's chain; a new one is sent to a random
+            // endpoint's chain, which remembers it.
             for e in eps {
                 rules.push(Rule::when(
                     vec![ctx.addr(Dir::Src, false, AddrValue::Named(ep_set(e)))],
                     Action::Verdict(Verdict::Goto(ep_chain(e))),
                 ));
             }
+            maps.push(SlotMap::new(
+                chain,
+                SetValue::Verdict,
+                eps.iter().map(|e| Verdict::Goto(ep_chain(e)).into()),
+            ));
+            rules.push(Rule::new(Action::SlotVmap { map: chain.into() }));
+        } else {
+            maps.push(SlotMap::new(
+                chain,
+                SetValue::Endpoint(fam, proto),
+                eps.iter().map(|e| ElemValue::Endpoint(e.ip, e.port)),
+            ));
+            rules.push(Rule::when(
+                vec![Match::L4Proto(proto)],
+                Action::DnatSlots {
+                    family: fam,
+                    map: chain.into(),
+                },
+            ));
         }
-        if let [only] = eps {
-            // One endpoint needs no random choice. An anonymous vmap per service would also
-            // cost the kernel a scan of every set in the table to name it (O(n²) in a sync).
-            rules.push(Rule::goto(&ep_chain(only)));
-            return rules;
-        }
-        maps.push(EndpointMap {
-            name: chain.to_string(),
-            chains: eps.iter().map(|e| ep_chain(e)).collect(),
-        });
-        rules.push(Rule::new(Action::NumgenMap {
-            modulus: eps.len() as u32,
-            map: chain.to_string(),
-        }));
         rules
     };
 
@@ -782,29 +830,34 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     }
 
     for e in &reachable {
-        let set = ep_set(e);
-        let mut rules = vec![Rule::when(
-            vec![ctx.addr(Dir::Src, false, AddrValue::One(AddrItem::Host(e.ip)))],
-            jump_masq(),
-        )];
-        if affinity {
-            rules.push(Rule::new(Action::UpdateSaddr {
-                family: fam,
-                set: set.clone(),
-            }));
+        out.elements.push(Element {
+            container: Container::HairpinEndpoints,
+            key: ElemKey::AddrPair(e.ip),
+            value: None,
+        });
+    }
+    if affinity {
+        // Only affinity needs a chain per endpoint: it records the client, then translates.
+        for e in &reachable {
+            let set = ep_set(e);
+            out.chains.push(Chain {
+                name: ep_chain(e),
+                rules: vec![
+                    Rule::new(Action::UpdateSaddr {
+                        family: fam,
+                        set: set.clone(),
+                    }),
+                    Rule::when(
+                        vec![Match::L4Proto(proto)],
+                        Action::Dnat {
+                            addr: e.ip,
+                            port: e.port,
+                        },
+                    ),
+                ],
+            });
             out.sets.push(AffinitySet { name: set, timeout });
         }
-        rules.push(Rule::when(
-            vec![Match::L4Proto(proto)],
-            Action::Dnat {
-                addr: e.ip,
-                port: e.port,
-            },
-        ));
-        out.chains.push(Chain {
-            name: ep_chain(e),
-            rules,
-        });
     }
     Some(out)
 }
@@ -814,7 +867,7 @@ pub fn affinity_set_spec(name: &str, family: IpFamily, timeout: u32) -> SetSpec<
     SetSpec {
         name,
         key: KeyType::Addr(family),
-        verdict_map: false,
+        value: SetValue::None,
         interval: false,
         timeout: Some(timeout),
         comment: None,

@@ -158,6 +158,13 @@ pub enum Match {
     CtStateNew,
     /// `mark and <bit> == 0`.
     MarkClear(u32),
+    /// `ip saddr . ip daddr @<set>`: the source and destination pair is in a named set.
+    AddrPairIn {
+        /// The family (`ip` or `ip6`).
+        family: IpFamily,
+        /// The set of `addr . addr` pairs.
+        set: String,
+    },
 }
 
 impl fmt::Display for Match {
@@ -192,6 +199,10 @@ impl fmt::Display for Match {
             Match::FibLocal(dir) => write!(f, "fib {} type local", dir.word()),
             Match::CtStateNew => f.write_str("ct state new"),
             Match::MarkClear(bit) => write!(f, "mark and {bit:#010x} == 0"),
+            Match::AddrPairIn { family, set } => {
+                let ip = ip_word(*family);
+                write!(f, "{ip} saddr . {ip} daddr @{set}")
+            }
         }
     }
 }
@@ -226,12 +237,21 @@ pub enum Action {
         /// The verdict map.
         map: String,
     },
-    /// `numgen random mod N vmap @<map>`: an even random choice among the chains of a named
-    /// map `0 : goto c0, 1 : goto c1, …` (named, not anonymous: the kernel binds each anonymous
-    /// set by walking the whole transaction, which made large full syncs quadratic).
-    NumgenMap {
-        /// N: how many chains the map holds.
-        modulus: u32,
+    /// `numgen random mod 65536 vmap @<map>`: an even random choice among the chains of a
+    /// named slot map ([`SLOTS`]: `0-32767 : goto c0, 32768-65535 : goto c1`). The modulus is
+    /// fixed, so a changed number of endpoints changes only the map's elements, never the rule.
+    SlotVmap {
+        /// The map.
+        map: String,
+    },
+    /// `dnat ip to numgen random mod 65536 map @<map>` (after `meta l4proto <proto>`): an even
+    /// random choice among the endpoints (`addr . port`) of a named slot map. Choosing an
+    /// endpoint through data rather than through a `goto` per endpoint is what keeps an
+    /// endpoint change cheap for the kernel: a transaction that adds only data elements does
+    /// not make it re-validate the table's whole jump graph.
+    DnatSlots {
+        /// The family (`ip` or `ip6`).
+        family: IpFamily,
         /// The map.
         map: String,
     },
@@ -271,9 +291,12 @@ impl fmt::Display for Action {
                 ),
                 VmapKey::ProtoPort => write!(f, "meta l4proto . th dport vmap @{map}"),
             },
-            Action::NumgenMap { modulus, map } => {
-                write!(f, "numgen random mod {modulus} vmap @{map}")
-            }
+            Action::SlotVmap { map } => write!(f, "numgen random mod {SLOTS} vmap @{map}"),
+            Action::DnatSlots { family, map } => write!(
+                f,
+                "dnat {} to numgen random mod {SLOTS} map @{map}",
+                ip_word(*family)
+            ),
             Action::MarkOr(bit) => write!(f, "mark set mark or {bit:#010x}"),
             Action::MarkXor(bit) => write!(f, "mark set mark xor {bit:#010x}"),
             Action::Masquerade => f.write_str("masquerade fully-random"),
@@ -361,8 +384,10 @@ pub enum ElemKey {
     ProtoPort(Protocol, u16),
     /// `30256` (health-check node ports).
     Port(u16),
-    /// `2` (the slot of an endpoint in a `numgen` map).
-    Index(u32),
+    /// `0-21845`: the slots of one endpoint in a slot map (first and last, inclusive).
+    Slots(u32, u32),
+    /// `10.244.1.5 . 10.244.1.5`: an endpoint as both source and destination (hairpin).
+    AddrPair(IpAddr),
 }
 
 impl fmt::Display for ElemKey {
@@ -372,9 +397,46 @@ impl fmt::Display for ElemKey {
             ElemKey::AddrProtoPort(a, p, port) => write!(f, "{a} . {} . {port}", p.as_str()),
             ElemKey::ProtoPort(p, port) => write!(f, "{} . {port}", p.as_str()),
             ElemKey::Port(port) => port.fmt(f),
-            ElemKey::Index(i) => i.fmt(f),
+            ElemKey::Slots(first, last) => write!(f, "{first}-{last}"),
+            ElemKey::AddrPair(a) => write!(f, "{a} . {a}"),
         }
     }
+}
+
+/// The value of a map element: a verdict, or the endpoint a slot map's `dnat` goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ElemValue {
+    /// `goto service-…`, `drop`, … (verdict maps).
+    Verdict(Verdict),
+    /// `10.244.1.5 . 8080` (endpoint slot maps).
+    Endpoint(IpAddr, u16),
+}
+
+impl From<Verdict> for ElemValue {
+    fn from(v: Verdict) -> Self {
+        ElemValue::Verdict(v)
+    }
+}
+
+impl fmt::Display for ElemValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ElemValue::Verdict(v) => v.fmt(f),
+            ElemValue::Endpoint(a, port) => write!(f, "{a} . {port}"),
+        }
+    }
+}
+
+/// The number of slots of a slot map (`numgen random mod 65536`). Endpoint `i` of `n` owns the
+/// slots [`slots_of`] gives it, so the choice is even to within 1/65536 for any `n`.
+pub const SLOTS: u32 = 65536;
+
+/// The slots (first, last) of endpoint `i` of `n` in a slot map.
+pub fn slots_of(i: usize, n: usize) -> (u32, u32) {
+    let (i, n) = (i as u64, n.max(1) as u64);
+    let first = i * u64::from(SLOTS) / n;
+    let next = (i + 1) * u64::from(SLOTS) / n;
+    (first as u32, (next - 1) as u32)
 }
 
 /// `ip` or `ip6`.
@@ -417,11 +479,27 @@ mod tests {
             r.to_string(),
             "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
         );
-        let n = Rule::new(Action::NumgenMap {
-            modulus: 2,
+        let n = Rule::new(Action::SlotVmap {
             map: "service-X".into(),
         });
-        assert_eq!(n.to_string(), "numgen random mod 2 vmap @service-X");
+        assert_eq!(n.to_string(), "numgen random mod 65536 vmap @service-X");
+        let s = Rule::when(
+            vec![Match::L4Proto(Protocol::Tcp)],
+            Action::DnatSlots {
+                family: IpFamily::V6,
+                map: "service-X".into(),
+            },
+        );
+        assert_eq!(
+            s.to_string(),
+            "meta l4proto tcp dnat ip6 to numgen random mod 65536 map @service-X"
+        );
+        let h = Match::AddrPairIn {
+            family: IpFamily::V4,
+            set: "hairpin".into(),
+        };
+        assert_eq!(h.to_string(), "ip saddr . ip daddr @hairpin");
+        assert_eq!(ElemKey::Slots(0, 21844).to_string(), "0-21844");
         let d = Rule::when(
             vec![Match::L4Proto(Protocol::Udp)],
             Action::Dnat {
@@ -445,5 +523,23 @@ mod tests {
             ElemKey::AddrProtoPort(ip("10.0.0.1"), Protocol::Sctp, 9).to_string(),
             "10.0.0.1 . sctp . 9"
         );
+    }
+
+    #[test]
+    fn slots_cover_every_slot_once_and_evenly() {
+        for n in 1..=70usize {
+            let mut next = 0u32;
+            let mut sizes = Vec::new();
+            for i in 0..n {
+                let (first, last) = slots_of(i, n);
+                assert_eq!(first, next, "endpoint {i} of {n} starts where {} ended", i);
+                assert!(last >= first);
+                sizes.push(last - first + 1);
+                next = last + 1;
+            }
+            assert_eq!(next, SLOTS, "{n} endpoints cover every slot");
+            let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(max - min <= 1, "{n} endpoints: slots {min}..{max}");
+        }
     }
 }

@@ -3,8 +3,8 @@
 //! inside the braces, so the line number nft reports for a failure points at one object), and
 //! [`crate::netlink::Batch`] encodes the same transaction as one nf_tables netlink batch.
 
-use crate::rule::{ElemKey, Rule, Verdict};
-use kproxy_plugin_api::{Cidr, IpAddr, IpFamily};
+use crate::rule::{ip_word, ElemKey, ElemValue, Rule, SLOTS};
+use kproxy_plugin_api::{Cidr, IpAddr, IpFamily, Protocol};
 use std::fmt::Write as _;
 
 /// The type of a set's or map's key.
@@ -18,8 +18,11 @@ pub enum KeyType {
     ProtoPort,
     /// `inet_service`.
     Port,
-    /// `typeof numgen random mod N`: the slots of an even random choice.
-    Numgen(u32),
+    /// `typeof numgen random mod 65536` (interval): the slots of an even random choice
+    /// ([`crate::rule::SLOTS`]).
+    Slots,
+    /// `ipv4_addr . ipv4_addr`: a source and destination pair.
+    AddrPair(IpFamily),
 }
 
 impl KeyType {
@@ -33,7 +36,8 @@ impl KeyType {
             KeyType::AddrProtoPort(f) => format!("{} . inet_proto . inet_service", addr(f)),
             KeyType::ProtoPort => "inet_proto . inet_service".into(),
             KeyType::Port => "inet_service".into(),
-            KeyType::Numgen(n) => format!("numgen random mod {n}"),
+            KeyType::Slots => format!("numgen random mod {SLOTS}"),
+            KeyType::AddrPair(f) => format!("{} . {}", addr(f), addr(f)),
         }
     }
 }
@@ -45,9 +49,10 @@ pub struct SetSpec<'a> {
     pub name: &'a str,
     /// The key type.
     pub key: KeyType,
-    /// A verdict map rather than a set.
-    pub verdict_map: bool,
-    /// Elements are prefixes (`flags interval`), merged when they overlap (`auto-merge`).
+    /// What elements map to: nothing (a set), a verdict or an endpoint.
+    pub value: SetValue,
+    /// Keys are ranges (`flags interval`); in a set, overlapping ones are merged
+    /// (`auto-merge`).
     pub interval: bool,
     /// A dynamic set whose elements expire after this many seconds (`flags dynamic,timeout`).
     pub timeout: Option<u32>,
@@ -55,29 +60,56 @@ pub struct SetSpec<'a> {
     pub comment: Option<&'a str>,
 }
 
+/// What the elements of a set or map map to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SetValue {
+    /// Nothing: a set.
+    None,
+    /// A verdict: a verdict map.
+    Verdict,
+    /// An endpoint `addr . port` of this family, for `dnat … map` (its port typed as the
+    /// protocol's `dport`, as nft's `typeof` needs to accept `meta l4proto <proto>` before it).
+    Endpoint(IpFamily, Protocol),
+}
+
+impl SetValue {
+    /// The value's declaration after the colon, if it is a map; `typeof` form when `typeof`.
+    fn text(self, typeof_: bool) -> Option<String> {
+        match self {
+            SetValue::None => None,
+            SetValue::Verdict => Some("verdict".into()),
+            SetValue::Endpoint(f, p) if typeof_ => {
+                Some(format!("{} daddr . {} dport", ip_word(f), p.as_str()))
+            }
+            SetValue::Endpoint(f, _) => Some(format!("{} . inet_service", KeyType::Addr(f).text())),
+        }
+    }
+}
+
 impl SetSpec<'_> {
     /// `set` or `map`.
     pub fn what(&self) -> &'static str {
-        if self.verdict_map {
-            "map"
-        } else {
+        if self.value == SetValue::None {
             "set"
+        } else {
+            "map"
         }
     }
 
     /// The declaration's body, as in `add set t s { <body> }`.
     pub fn body(&self) -> String {
-        let keyword = match self.key {
-            KeyType::Numgen(_) => "typeof",
-            _ => "type",
-        };
-        let mut b = format!(
-            "{keyword} {}{} ;",
-            self.key.text(),
-            if self.verdict_map { " : verdict" } else { "" }
-        );
+        let typeof_ = self.key == KeyType::Slots;
+        let keyword = if typeof_ { "typeof" } else { "type" };
+        let mut b = format!("{keyword} {}", self.key.text());
+        if let Some(v) = self.value.text(typeof_) {
+            let _ = write!(b, " : {v}");
+        }
+        b.push_str(" ;");
         if self.interval {
-            b.push_str(" flags interval ; auto-merge ;");
+            b.push_str(" flags interval ;");
+            if self.value == SetValue::None {
+                b.push_str(" auto-merge ;");
+            }
         }
         if let Some(t) = self.timeout {
             let _ = write!(b, " flags dynamic,timeout ; timeout {t}s ;");
@@ -105,15 +137,15 @@ pub enum SetKey<'a> {
 pub struct ElemRef<'a> {
     /// The key.
     pub key: SetKey<'a>,
-    /// The verdict, in a verdict map.
-    pub value: Option<&'a Verdict>,
+    /// The value, in a map.
+    pub value: Option<&'a ElemValue>,
     /// `(timeout, expires)` in seconds, for a remembered affinity client.
     pub timeout: Option<(u32, u64)>,
 }
 
 impl<'a> ElemRef<'a> {
     /// An element of a dispatch set or map.
-    pub fn new(key: &'a ElemKey, value: Option<&'a Verdict>) -> Self {
+    pub fn new(key: &'a ElemKey, value: Option<&'a ElemValue>) -> Self {
         ElemRef {
             key: SetKey::Key(key),
             value,
@@ -311,7 +343,6 @@ impl Sink for Script<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kproxy_plugin_api::Protocol;
 
     #[test]
     fn elements_go_one_per_line_and_are_counted() {
@@ -319,8 +350,8 @@ mod tests {
         let mut s = Script::new(&mut out, "ip", "kproxy");
         let a = ElemKey::ProtoPort(Protocol::Tcp, 1);
         let b = ElemKey::ProtoPort(Protocol::Udp, 2);
-        let drop = Verdict::Drop;
-        let accept = Verdict::Accept;
+        let drop = ElemValue::Verdict(crate::rule::Verdict::Drop);
+        let accept = ElemValue::Verdict(crate::rule::Verdict::Accept);
         s.add_elements(
             "m",
             [
@@ -343,7 +374,7 @@ mod tests {
         let aff = SetSpec {
             name: "a",
             key: KeyType::Addr(IpFamily::V4),
-            verdict_map: false,
+            value: SetValue::None,
             interval: false,
             timeout: Some(10),
             comment: None,
@@ -355,7 +386,7 @@ mod tests {
         let map = SetSpec {
             name: "m",
             key: KeyType::AddrProtoPort(IpFamily::V6),
-            verdict_map: true,
+            value: SetValue::Verdict,
             interval: false,
             timeout: None,
             comment: Some("x"),
@@ -364,6 +395,18 @@ mod tests {
         assert_eq!(
             map.body(),
             "type ipv6_addr . inet_proto . inet_service : verdict ; comment \"x\" ;"
+        );
+        let slots = SetSpec {
+            name: "s",
+            key: KeyType::Slots,
+            value: SetValue::Endpoint(IpFamily::V4, Protocol::Udp),
+            interval: true,
+            timeout: None,
+            comment: None,
+        };
+        assert_eq!(
+            slots.body(),
+            "typeof numgen random mod 65536 : ip daddr . udp dport ; flags interval ;"
         );
     }
 }

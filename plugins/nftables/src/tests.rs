@@ -77,27 +77,39 @@ fn cluster_ip_spreads_over_endpoints_and_masquerades_off_cluster_traffic() {
     let service_chain = &objs.chains[0].name;
     assert_eq!(
         rules[1],
-        format!("numgen random mod 2 vmap @{service_chain}"),
-        "the choice is a named map, called like its chain"
+        format!("meta l4proto tcp dnat ip to numgen random mod 65536 map @{service_chain}"),
+        "the choice is a named slot map, called like its chain"
     );
     assert_eq!(objs.maps.len(), 1);
     let map = &objs.maps[0];
     assert_eq!(&map.name, service_chain);
-    assert_eq!(map.chains.len(), 2);
-    assert!(
-        map.chains[0].ends_with("__10.244.1.5/8080")
-            && map.chains[1].ends_with("__10.244.2.6/8080"),
-        "{map:?}"
-    );
-    assert_eq!(map.spec().body(), "typeof numgen random mod 2 : verdict ;");
-    let ep = chain(&objs, "endpoint-");
+    let elements: Vec<String> = map
+        .elements
+        .iter()
+        .map(|(k, v)| format!("{k} : {v}"))
+        .collect();
     assert_eq!(
-        ep,
+        elements,
         [
-            "ip saddr 10.244.1.5 jump mark-for-masquerade",
-            "meta l4proto tcp dnat to 10.244.1.5:8080"
+            "0-32767 : 10.244.1.5 . 8080",
+            "32768-65535 : 10.244.2.6 . 8080"
         ]
     );
+    assert_eq!(
+        map.spec().body(),
+        "typeof numgen random mod 65536 : ip daddr . tcp dport ; flags interval ;"
+    );
+    assert!(
+        !objs.chains.iter().any(|c| c.name.starts_with("endpoint-")),
+        "endpoints need no chain without affinity: {objs:#?}"
+    );
+    // Each endpoint reaching itself through the service is masqueraded (hairpin).
+    for ep in ["10.244.1.5", "10.244.2.6"] {
+        assert_eq!(
+            element(&objs, Container::HairpinEndpoints, &format!("{ep} . {ep}")),
+            Some(None)
+        );
+    }
     // Nothing is rejected or dropped for a service with endpoints.
     assert!(!objs
         .elements
@@ -136,7 +148,7 @@ fn local_detection_modes_become_matches() {
     settings.local_detect.mode = LocalDetectMode::None;
     let objs = render_port(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
     assert!(
-        chain(&objs, "service-")[0].starts_with("goto endpoint-"),
+        chain(&objs, "service-")[0].starts_with("meta l4proto tcp dnat ip to numgen"),
         "no masquerade rule"
     );
 }
@@ -202,13 +214,19 @@ fn external_policy_local_keeps_sources_and_short_circuits_pods_and_the_node() {
     assert!(ext[2].starts_with("fib saddr type local goto service-"));
     assert!(ext[3].starts_with("goto local-"), "{}", ext[3]);
     // The local chain only has the local endpoint; the cluster chain has both.
-    assert!(
-        chain(&objs, "local-")[0].starts_with("goto endpoint-"),
-        "one endpoint: plain goto"
-    );
-    assert!(chain(&objs, "service-")
-        .iter()
-        .any(|r| r.starts_with("numgen random mod 2 ")));
+    let slots = |prefix: &str| -> Vec<String> {
+        let map = objs
+            .maps
+            .iter()
+            .find(|m| m.name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no map {prefix}…"));
+        map.elements
+            .iter()
+            .map(|(k, v)| format!("{k} : {v}"))
+            .collect()
+    };
+    assert_eq!(slots("local-"), ["0-65535 : 10.244.1.5 . 8080"]);
+    assert_eq!(slots("service-").len(), 2);
 
     // No local endpoint: external traffic is dropped unless short-circuited.
     let objs = render4(
@@ -286,9 +304,19 @@ fn affinity_remembers_clients_per_endpoint() {
         .all(|s| s.timeout == 600 && s.name.starts_with("affinity-")));
     let svc = chain(&objs, "service-");
     assert!(svc[1].starts_with("ip saddr @affinity-") && svc[1].contains(" goto endpoint-"));
-    assert!(svc[3].starts_with("numgen"));
+    assert!(svc[3].starts_with("numgen random mod 65536 vmap @service-"));
+    let map = &objs.maps[0];
+    assert_eq!(
+        map.spec().body(),
+        "typeof numgen random mod 65536 : verdict ; flags interval ;"
+    );
+    assert!(map
+        .elements
+        .iter()
+        .all(|(_, v)| v.to_string().starts_with("goto endpoint-")));
     let ep = chain(&objs, "endpoint-");
-    assert!(ep[1].starts_with("update @affinity-") && ep[1].ends_with("{ ip saddr }"));
+    assert!(ep[0].starts_with("update @affinity-") && ep[0].ends_with("{ ip saddr }"));
+    assert_eq!(ep[1], "meta l4proto tcp dnat to 10.244.1.5:8080");
     // Timeout 0 means upstream's default.
     let objs = render4(&web().affinity(0).endpoint("10.244.1.5", 8080, true).build());
     assert_eq!(objs.sets[0].timeout, 10800);
@@ -311,9 +339,22 @@ fn ipv6_uses_ip6_matches_and_bracketed_dnat() {
     .build();
     let v6 = render_port(&ctx(IpFamily::V6, &settings, &node), &sp).unwrap();
     assert!(element(&v6, Container::ServiceIps, "fd00:96::53 . udp . 53").is_some());
-    let ep = chain(&v6, "endpoint-");
-    assert_eq!(ep[1], "meta l4proto udp dnat to [fd00:244:0:1::5]:5353");
-    assert_eq!(v6.chains.len(), 2, "only the IPv6 endpoint: {v6:#?}");
+    let elements: Vec<String> = v6.maps[0]
+        .elements
+        .iter()
+        .map(|(k, v)| format!("{k} : {v}"))
+        .collect();
+    assert_eq!(
+        elements,
+        ["0-65535 : fd00:244:0:1::5 . 5353"],
+        "only the IPv6 endpoint"
+    );
+    assert_eq!(
+        v6.maps[0].spec().body(),
+        "typeof numgen random mod 65536 : ip6 daddr . udp dport ; flags interval ;"
+    );
+    assert!(chain(&v6, "service-")[1]
+        .starts_with("meta l4proto udp dnat ip6 to numgen random mod 65536 map @service-"));
     assert!(chain(&v6, "service-")[0].contains("ip6 saddr != fd00:244::/56"));
     // A single-stack IPv4 service is not in the IPv6 table.
     assert!(render_port(&ctx(IpFamily::V6, &settings, &node), &web().build()).is_none());
