@@ -27,6 +27,11 @@ const NFNLGRP_NFTABLES: libc::c_int = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_DESTROYSETELEM: u16 = 30;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_DESTROYCHAIN: u16 = 27;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -48,6 +53,9 @@ pub struct Generation {
     pub process: String,
     /// Chains the transaction added or deleted.
     pub chains: Vec<String>,
+    /// Set elements the transaction added or deleted: the set's name and the raw element list
+    /// (keys and data as the kernel holds them), to look for an endpoint's address in.
+    pub elements: Vec<(String, Vec<u8>)>,
     /// Notifications of the transaction (objects added or deleted).
     pub objects: usize,
 }
@@ -167,6 +175,7 @@ fn open_socket() -> std::io::Result<OwnedFd> {
 fn read_loop(fd: OwnedFd, tx: mpsc::Sender<Generation>, stop: &AtomicBool) {
     let mut buf = vec![0u8; 1 << 20];
     let mut chains = Vec::new();
+    let mut elements = Vec::new();
     let mut objects = 0;
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: recv into a buffer we own, with its length.
@@ -201,6 +210,7 @@ fn read_loop(fd: OwnedFd, tx: mpsc::Sender<Generation>, stop: &AtomicBool) {
                         id,
                         process,
                         chains: std::mem::take(&mut chains),
+                        elements: std::mem::take(&mut elements),
                         objects: std::mem::take(&mut objects),
                     };
                     if tx.send(g).is_err() {
@@ -215,6 +225,16 @@ fn read_loop(fd: OwnedFd, tx: mpsc::Sender<Generation>, stop: &AtomicBool) {
                     ) {
                         if let Some(name) = attr(attrs, NFTA_CHAIN_NAME) {
                             chains.push(cstr(name));
+                        }
+                    }
+                    if matches!(
+                        t,
+                        NFT_MSG_NEWSETELEM | NFT_MSG_DELSETELEM | NFT_MSG_DESTROYSETELEM
+                    ) {
+                        let set = attr(attrs, NFTA_SET_ELEM_LIST_SET).map(cstr);
+                        let list = attr(attrs, NFTA_SET_ELEM_LIST_ELEMENTS);
+                        if let (Some(set), Some(list)) = (set, list) {
+                            elements.push((set, list.to_vec()));
                         }
                     }
                 }
