@@ -7,7 +7,8 @@
 //!   never installed on the host.
 //! - [`Guest`] collects what the guest holds — busybox, the host's `ip`, `nft` and `conntrack`
 //!   with their shared libraries, the netfilter/SCTP/veth modules, and whatever programs the
-//!   caller adds — and [`Guest::run`] boots it with a generated `/init` that mounts the usual
+//!   caller adds ([`Guest::add_program`], [`Guest::add_iptables`] for both iptables back
+//!   ends) — and [`Guest::run`] boots it with a generated `/init` that mounts the usual
 //!   file systems, loads the asked-for modules, brings up `lo`, runs the command and powers off.
 //! - [`Guest::run_test`] runs one test of a test binary inside (typically an `#[ignore]`d test
 //!   of the calling binary itself, found with [`std::env::current_exe`]), so a host-side test
@@ -29,7 +30,7 @@
 mod initramfs;
 mod kernel;
 
-pub use initramfs::{shared_libraries, Initramfs};
+pub use initramfs::{shared_libraries, shared_libraries_of, Initramfs};
 pub use kernel::{Kernel, DEFAULT_MODULE_DIRS, KERNEL_DIR_ENV};
 
 use std::{
@@ -304,9 +305,71 @@ impl Guest {
     }
 
     /// Adds the host program or shared library at `host` at the same path in the guest, with
-    /// the shared libraries it needs; debug information is stripped from the copy.
+    /// the shared libraries it needs; debug information is stripped from the copy. A symbolic
+    /// link stays one (every link of a chain, then the program it ends at), because multi-call
+    /// programs such as `xtables-nft-multi` choose what to do by the name they are run as.
     pub fn add_program(&mut self, host: &Path) -> Result<&mut Self, VmError> {
-        self.add_program_at(host, host)
+        let program = self.add_links(host)?;
+        self.add_program_at(&program, &program)
+    }
+
+    /// Adds the chain of symbolic links starting at `host` (none when it is not a link) at
+    /// their host paths, and returns the path the chain ends at.
+    fn add_links(&mut self, host: &Path) -> Result<PathBuf, VmError> {
+        let mut path = host.to_path_buf();
+        // Enough for any real chain (`iptables` → `/etc/alternatives/iptables` →
+        // `iptables-nft` → `xtables-nft-multi` is three); a loop ends with an error.
+        for _ in 0..16 {
+            let meta = fs::symlink_metadata(&path).map_err(|e| VmError::io(&path, e))?;
+            if !meta.file_type().is_symlink() {
+                return Ok(path);
+            }
+            let target = fs::read_link(&path).map_err(|e| VmError::io(&path, e))?;
+            self.fs.symlink(&path, &target.to_string_lossy())?;
+            path = match path.parent() {
+                Some(dir) if target.is_relative() => dir.join(&target),
+                _ => target,
+            };
+        }
+        Err(VmError::io(
+            host,
+            io::Error::other("too many levels of symbolic links"),
+        ))
+    }
+
+    /// Adds every shared library (`*.so`) in the host folder `dir` at its host path, with the
+    /// libraries they need: for plugins a program `dlopen`s, which `ldd` cannot see (the
+    /// iptables extensions, say). Copied as they are (they are small and many).
+    pub fn add_library_dir(&mut self, dir: &Path) -> Result<&mut Self, VmError> {
+        let entries = fs::read_dir(dir).map_err(|e| VmError::io(dir, e))?;
+        let mut libs = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| VmError::io(dir, e))?.path();
+            if path.extension().is_some_and(|e| e == "so") && path.is_file() {
+                libs.push(path);
+            }
+        }
+        libs.sort();
+        self.fs.libraries(&libs)?;
+        Ok(self)
+    }
+
+    /// Adds both iptables back ends as the iptables plugin runs them: `iptables-nft`,
+    /// `iptables-nft-restore`, `iptables-nft-save`, the same for `-legacy` and `ip6tables`
+    /// (links to `xtables-nft-multi` and `xtables-legacy-multi`), their libraries, and the
+    /// extensions (`libxt_*.so`, `libipt_*.so`, …) they load for each match and target.
+    /// Fails when the host lacks one (`scripts/install-deps` installs `iptables`).
+    pub fn add_iptables(&mut self) -> Result<&mut Self, VmError> {
+        for base in ["iptables", "ip6tables"] {
+            for backend in ["nft", "legacy"] {
+                for suffix in ["", "-restore", "-save"] {
+                    let path = find_program(&format!("{base}-{backend}{suffix}"))?;
+                    self.add_program(&path)?;
+                }
+            }
+        }
+        let dir = xtables_dir()?;
+        self.add_library_dir(&dir)
     }
 
     /// [`Guest::add_program`] at another guest path.
@@ -427,18 +490,20 @@ impl Guest {
     /// [`Guest::add_program`] if it is not in the guest yet) including ignored tests, with
     /// output shown. Check the result with [`GuestRun::test_passed`].
     pub fn run_test(&mut self, exe: &Path, name: &str) -> Result<GuestRun, VmError> {
+        self.run_tests(exe, &[name])
+    }
+
+    /// [`Guest::run_test`] for several tests in one boot, one after another in the order
+    /// libtest sorts them (by name). Check the result with [`GuestRun::tests_passed`].
+    pub fn run_tests(&mut self, exe: &Path, names: &[&str]) -> Result<GuestRun, VmError> {
         if !self.fs.contains(exe) {
             self.add_program(exe)?;
         }
         let exe = exe.to_string_lossy();
-        self.run(&[
-            &exe,
-            "--include-ignored",
-            "--exact",
-            name,
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        let mut argv = vec![&*exe, "--include-ignored", "--exact"];
+        argv.extend_from_slice(names);
+        argv.extend(["--nocapture", "--test-threads=1"]);
+        self.run(&argv)
     }
 
     fn init_script(&self, argv: &[&str], token: &str) -> String {
@@ -519,6 +584,36 @@ fn find_program(name: &str) -> Result<PathBuf, VmError> {
         })
 }
 
+/// Where the host's iptables loads its extensions from: `$XTABLES_LIBDIR` if set, else
+/// `xtables/` next to the `libxtables` that `xtables-nft-multi` links (its built-in default, e.g.
+/// Debian's `/usr/lib/x86_64-linux-gnu/xtables`).
+fn xtables_dir() -> Result<PathBuf, VmError> {
+    if let Some(dir) = std::env::var_os("XTABLES_LIBDIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let multi = find_program("xtables-nft-multi")?;
+    let lib = shared_libraries(&multi)?
+        .into_iter()
+        .find(|l| {
+            l.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libxtables.so"))
+        })
+        .ok_or_else(|| VmError::Tool(format!("{} does not link libxtables", multi.display())))?;
+    // Through merged-/usr links (`/lib` → `usr/lib`) to the folder the library really sits in.
+    let lib = fs::canonicalize(&lib).map_err(|e| VmError::io(&lib, e))?;
+    let dir = lib
+        .parent()
+        .map(|d| d.join("xtables"))
+        .filter(|d| d.is_dir())
+        .ok_or_else(|| {
+            VmError::Tool(format!(
+                "no xtables/ extension folder next to {}",
+                lib.display()
+            ))
+        })?;
+    Ok(dir)
+}
+
 /// The command's exit code and the output between the begin and exit lines.
 fn parse_console(console: &str, token: &str) -> Option<(i32, String)> {
     let begin = format!("KPROXY-GUEST-BEGIN-{token}\n");
@@ -558,12 +653,18 @@ impl GuestRun {
     /// so a filter that matched nothing does not count as a pass. (With `--nocapture` the test's
     /// own output may stand between `test <name> ...` and its `ok`.)
     pub fn test_passed(&self, name: &str) -> bool {
+        self.tests_passed(&[name])
+    }
+
+    /// [`GuestRun::test_passed`] for a [`Guest::run_tests`] run: exited 0, started every one
+    /// of `names`, and counted exactly that many passed tests.
+    pub fn tests_passed(&self, names: &[&str]) -> bool {
+        let summary = format!("test result: ok. {} passed;", names.len());
         self.success()
-            && self.output.contains(&format!("test {name} ... "))
-            && self
-                .output
-                .lines()
-                .any(|l| l.starts_with("test result: ok. 1 passed;"))
+            && names
+                .iter()
+                .all(|name| self.output.contains(&format!("test {name} ... ")))
+            && self.output.lines().any(|l| l.starts_with(&summary))
     }
 }
 
@@ -592,6 +693,25 @@ mod tests {
         );
         assert_eq!(parse_console(console, "t2"), None);
         assert_eq!(parse_console("KPROXY-GUEST-BEGIN-t1\nhung", "t1"), None);
+    }
+
+    #[test]
+    fn several_tests_pass_only_when_each_started_and_all_were_counted() {
+        let run = |exit_code: i32, output: &str| GuestRun {
+            exit_code,
+            output: output.to_string(),
+            console: String::new(),
+            elapsed: Duration::ZERO,
+        };
+        let both =
+            "test a ... ok\ntest b ... log line\nok\n\ntest result: ok. 2 passed; 0 failed;\n";
+        assert!(run(0, both).tests_passed(&["a", "b"]));
+        assert!(!run(1, both).tests_passed(&["a", "b"]));
+        assert!(!run(0, both).tests_passed(&["a", "b", "c"]));
+        assert!(!run(0, both).test_passed("a"), "two passed is not one");
+        let one = "test a ... ok\n\ntest result: ok. 1 passed; 0 failed;\n";
+        assert!(run(0, one).test_passed("a"));
+        assert!(!run(0, one).tests_passed(&["a", "b"]));
     }
 
     #[test]
