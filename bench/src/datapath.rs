@@ -72,7 +72,7 @@ pub fn run(
     api.kubeconfig(&kubeconfig)?;
     dp.clear(lab)?;
     let mut daemon = Daemon::start(lab, dp.name(), &dp.plugin_section(), &kubeconfig)?;
-    daemon.wait_full_sync(1, Duration::from_secs(900))?;
+    daemon.wait_full_sync(1, crate::scale::SYNC_TIMEOUT)?;
 
     let via = SocketAddr::from((PROBE_IP, cluster::SERVICE_PORT));
     let direct = SocketAddr::from((pod_ip, cluster::TARGET_PORT));

@@ -9,6 +9,8 @@
 //! `is_change_commit` accepts the first commit after the change (iptables-nft commits through
 //! nf_tables too; chain names there are hashes, not endpoint addresses).
 
+mod iptables;
+
 use crate::nfmon::Generation;
 use anyhow::{bail, Context as _};
 use kproxy_lab::{Lab, Place};
@@ -55,7 +57,10 @@ pub fn by_name(name: &str, section: &str) -> anyhow::Result<Box<dyn Dataplane>> 
         "nftables" => Ok(Box::new(Nftables {
             section: section.to_string(),
         })),
-        other => bail!("the benchmark does not know dataplane {other:?} (known: nftables)"),
+        "iptables" => Ok(Box::new(iptables::Iptables::new(section)?)),
+        other => {
+            bail!("the benchmark does not know dataplane {other:?} (known: nftables, iptables)")
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! daemon watching the test API server —
 //!
 //! 1. full sync at 1,000 × 10, 5,000 × 50 and 44,000 × 1 (services × endpoints), beside the
-//!    reference tool loading the same rules saved from the kernel (`nft -f`);
+//!    reference tool loading the same rules saved from the kernel (`nft -f`, `iptables-restore`);
 //! 2. one endpoint change at each of those sizes, from the API server to the kernel's commit;
 //! 3. the daemon's peak memory at each size;
 //! 4. the data path: TCP connect + one round trip through a cluster IP with 10, 1,000, 10,000
@@ -28,7 +28,10 @@ use clap::Parser;
 use cluster::Shape;
 use kproxy_lab::{Lab, LabConfig};
 use report::DataplaneResults;
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -37,14 +40,15 @@ struct Args {
     /// Scaled-down sizes that finish in a couple of minutes (CI, quick checks).
     #[arg(long)]
     small: bool,
-    /// Dataplanes to measure (plugin names), e.g. `--dataplane nftables`.
-    #[arg(long = "dataplane", default_values_t = vec!["nftables".to_string()])]
+    /// Dataplanes to measure (plugin names), e.g. `--dataplane nftables`; by default both.
+    #[arg(long = "dataplane", default_values_t = vec!["nftables".to_string(), "iptables".to_string()])]
     dataplanes: Vec<String>,
     /// Which scenarios: `scale` (1–3: full sync, change latency, memory), `datapath` (4).
     #[arg(long, value_delimiter = ',', default_values_t = vec!["scale".to_string(), "datapath".to_string()])]
     scenarios: Vec<String>,
     /// The body of every measured dataplane's config section, e.g. `writer = "nft"` to
-    /// measure the nftables plugin's `nft -f` writer.
+    /// measure the nftables plugin's `nft -f` writer (with one `--dataplane`: each plugin
+    /// refuses the other's keys).
     #[arg(long, default_value = "")]
     plugin_config: String,
     /// Folder for the CSV files and plots.
@@ -120,7 +124,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     )?;
 
     let mut all = Vec::new();
+    let started = Instant::now();
+    let mut took = Vec::new();
     for dp in &dataplanes {
+        let dp_started = Instant::now();
         let mut results = DataplaneResults {
             name: dp.name().to_string(),
             reference: dp.reference_name().to_string(),
@@ -154,11 +161,18 @@ fn run(args: &Args) -> anyhow::Result<()> {
         print!("{}", report::tables(&results));
         report::plot(&args.out, &results)?;
         all.push(results);
+        took.push(format!(
+            "{} {:.0} s",
+            dp.name(),
+            dp_started.elapsed().as_secs_f64()
+        ));
     }
     report::write_csv(&args.out, &all)?;
     println!(
-        "\nmode: {}; CSV files and plots in {}",
+        "\nmode: {}; took {:.0} s ({}); CSV files and plots in {}",
         if args.small { "small" } else { "full" },
+        started.elapsed().as_secs_f64(),
+        took.join(", "),
         args.out.display()
     );
     Ok(())

@@ -92,6 +92,11 @@ pub struct ScaleResult {
     pub vm_rss_kib: u64,
 }
 
+/// How long one full sync may take. iptables-nft 1.8's `iptables-restore --noflush` and
+/// `iptables-save` are quadratic in chains: at 5,000 × 50 (255,000 chains) one takes the better
+/// part of an hour on a 2-core machine.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+
 /// Starts the test API server inside the node namespace (so the daemon reaches it on its own
 /// loopback) and loads `objects` into it.
 pub fn api_server_with(
@@ -132,7 +137,7 @@ pub fn run(
     );
     dp.clear(lab)?;
 
-    let sync_timeout = Duration::from_secs(900);
+    let sync_timeout = SYNC_TIMEOUT;
     let mut daemon = Daemon::start(lab, dp.name(), &dp.plugin_section(), &kubeconfig)?;
     let kproxy_fresh = daemon.wait_full_sync(1, sync_timeout)?.duration;
     eprintln!(
