@@ -17,12 +17,12 @@ use crate::{
     host,
     metrics::{self, Metrics},
     plugin_host::{Dataplane, LoadedPlugin},
-    source::{kubernetes, manifest::ManifestSource, SourceError, SourceEvent},
+    source::{kubernetes, manifest::ManifestSource, ModelEvent, SourceError},
     topology::{Topology, TopologyConfig},
 };
 use actix::prelude::*;
 use anyhow::Context as _;
-use futures::stream::BoxStream;
+use futures::{stream::BoxStream, StreamExt};
 use kproxy_plugin_api::{HostContext, NodeFacts};
 use std::{
     sync::{Arc, Mutex},
@@ -134,15 +134,17 @@ async fn start(config: &Config, dataplane: Dataplane, host_facts: NodeFacts) -> 
 async fn open_source(
     config: &Config,
     node_name: &str,
-) -> Result<BoxStream<'static, SourceEvent>, SourceError> {
+) -> Result<BoxStream<'static, ModelEvent>, SourceError> {
     Ok(match config.source.kind {
         SourceKind::Kubernetes => {
             let client = kubernetes::client_from(config.source.kubeconfig.as_deref()).await?;
-            kubernetes::KubeSource::new(client, node_name.to_string()).events()
+            kubernetes::KubeSource::new(client, node_name.to_string()).model_events()
         }
         SourceKind::Manifests => {
             ManifestSource::open(config.source.manifest_dir.clone(), node_name.to_string())?
                 .events()
+                .map(ModelEvent::from)
+                .boxed()
         }
     })
 }

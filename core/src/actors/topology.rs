@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     metrics::{changes::ChangeKind, Metrics},
-    source::{ResourceEvent, SourceEvent},
+    source::{ModelEvent, ResourceEvent},
     topology::Topology,
 };
 use actix::prelude::*;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 /// A source event for Topology.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Observed(pub SourceEvent);
+pub struct Observed(pub ModelEvent);
 
 /// Asks Topology how many objects it has skipped as invalid so far.
 #[derive(Message)]
@@ -47,11 +47,11 @@ pub struct InitialListing {
 
 impl InitialListing {
     /// Records an event; returns true exactly once, when both kinds have been listed.
-    pub fn observe(&mut self, event: &SourceEvent) -> bool {
+    pub fn observe(&mut self, event: &ModelEvent) -> bool {
         let before = self.complete();
         match event {
-            SourceEvent::Service(ResourceEvent::Replaced(_)) => self.services = true,
-            SourceEvent::Slice(ResourceEvent::Replaced(_)) => self.slices = true,
+            ModelEvent::Service(ResourceEvent::Replaced(_)) => self.services = true,
+            ModelEvent::Slice(ResourceEvent::Replaced(_)) => self.slices = true,
             _ => {}
         }
         !before && self.complete()
@@ -112,7 +112,7 @@ impl TopologyActor {
 
 /// The kind of object an event carries, and how many change events it counts as (upstream
 /// counts one per add, update or delete; a relist counts the services it changed).
-fn change_kind(event: &SourceEvent) -> (ChangeKind, Option<u64>) {
+fn change_kind(event: &ModelEvent) -> (ChangeKind, Option<u64>) {
     fn single<K>(e: &ResourceEvent<K>) -> Option<u64> {
         match e {
             ResourceEvent::Replaced(_) => None,
@@ -120,9 +120,9 @@ fn change_kind(event: &SourceEvent) -> (ChangeKind, Option<u64>) {
         }
     }
     match event {
-        SourceEvent::Service(e) => (ChangeKind::Service, single(e)),
-        SourceEvent::Slice(e) => (ChangeKind::EndpointSlice, single(e)),
-        SourceEvent::Node(_) => (ChangeKind::Node, Some(0)),
+        ModelEvent::Service(e) => (ChangeKind::Service, single(e)),
+        ModelEvent::Slice(e) => (ChangeKind::EndpointSlice, single(e)),
+        ModelEvent::Node(_) => (ChangeKind::Node, Some(0)),
     }
 }
 
@@ -172,18 +172,19 @@ impl Handler<SkippedCount> for TopologyActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::SourceEvent;
 
     #[test]
     fn initial_listing_completes_once_both_kinds_are_listed() {
         let mut l = InitialListing::default();
-        assert!(!l.observe(&SourceEvent::Service(ResourceEvent::Deleted(
-            Default::default()
+        assert!(!l.observe(&ModelEvent::from(SourceEvent::Service(
+            ResourceEvent::Deleted(Default::default())
         ))));
-        assert!(!l.observe(&SourceEvent::Service(ResourceEvent::Replaced(vec![]))));
+        assert!(!l.observe(&ModelEvent::Service(ResourceEvent::Replaced(vec![]))));
         assert!(!l.complete());
-        assert!(l.observe(&SourceEvent::Slice(ResourceEvent::Replaced(vec![]))));
+        assert!(l.observe(&ModelEvent::Slice(ResourceEvent::Replaced(vec![]))));
         assert!(
-            !l.observe(&SourceEvent::Slice(ResourceEvent::Replaced(vec![]))),
+            !l.observe(&ModelEvent::Slice(ResourceEvent::Replaced(vec![]))),
             "only once"
         );
         assert!(l.complete());

@@ -6,19 +6,19 @@
 //! with an error rather than serving a state that can no longer change.
 
 use super::topology::Observed;
-use crate::source::{ResourceEvent, SourceEvent};
+use crate::source::{ModelEvent, ResourceEvent};
 use actix::prelude::*;
 use futures::stream::BoxStream;
 
 /// See the module docs.
 pub struct WatcherActor {
-    stream: Option<BoxStream<'static, SourceEvent>>,
+    stream: Option<BoxStream<'static, ModelEvent>>,
     topology: Recipient<Observed>,
 }
 
 impl WatcherActor {
     /// A watcher that forwards `stream` to `topology` once started.
-    pub fn new(stream: BoxStream<'static, SourceEvent>, topology: Recipient<Observed>) -> Self {
+    pub fn new(stream: BoxStream<'static, ModelEvent>, topology: Recipient<Observed>) -> Self {
         WatcherActor {
             stream: Some(stream),
             topology,
@@ -35,8 +35,8 @@ impl Actor for WatcherActor {
     }
 }
 
-impl StreamHandler<SourceEvent> for WatcherActor {
-    fn handle(&mut self, event: SourceEvent, _: &mut Context<Self>) {
+impl StreamHandler<ModelEvent> for WatcherActor {
+    fn handle(&mut self, event: ModelEvent, _: &mut Context<Self>) {
         let (kind, what, count) = describe(&event);
         tracing::trace!(kind, what, count, "source event");
         self.topology.do_send(Observed(event));
@@ -48,7 +48,7 @@ impl StreamHandler<SourceEvent> for WatcherActor {
     }
 }
 
-fn describe(event: &SourceEvent) -> (&'static str, &'static str, usize) {
+fn describe(event: &ModelEvent) -> (&'static str, &'static str, usize) {
     fn of<K>(e: &ResourceEvent<K>) -> (&'static str, usize) {
         match e {
             ResourceEvent::Applied(_) => ("applied", 1),
@@ -57,8 +57,8 @@ fn describe(event: &SourceEvent) -> (&'static str, &'static str, usize) {
         }
     }
     match event {
-        SourceEvent::Service(e) => ("Service", of(e).0, of(e).1),
-        SourceEvent::Slice(e) => ("EndpointSlice", of(e).0, of(e).1),
-        SourceEvent::Node(e) => ("Node", of(e).0, of(e).1),
+        ModelEvent::Service(e) => ("Service", of(e).0, of(e).1),
+        ModelEvent::Slice(e) => ("EndpointSlice", of(e).0, of(e).1),
+        ModelEvent::Node(e) => ("Node", of(e).0, of(e).1),
     }
 }

@@ -16,7 +16,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kproxy_plugin_api::model::{Cidr, IpAddr, Protocol};
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 pub mod node;
 pub mod service;
@@ -71,6 +73,46 @@ impl fmt::Display for NamespacedName {
         } else {
             write!(f, "{}/{}", self.namespace, self.name)
         }
+    }
+}
+
+/// Shares the strings that repeat across endpoints — node names, zones, hint names — so each
+/// distinct value is stored once however many endpoints carry it (at 250,000 endpoints on a
+/// few thousand nodes, one `String` per endpoint would be most of the model's memory).
+///
+/// Values no longer held by anything but the interner are dropped whenever the set has doubled
+/// since the last sweep, so a stream of ever-new names (typos, churned nodes) cannot grow it
+/// without bound.
+#[derive(Debug, Default)]
+pub struct Interner {
+    values: HashSet<Arc<str>>,
+    /// The size of the set after the last sweep.
+    swept: usize,
+}
+
+impl Interner {
+    /// The shared copy of `text`.
+    pub fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(v) = self.values.get(text) {
+            return v.clone();
+        }
+        if self.values.len() >= 2 * self.swept.max(512) {
+            self.values.retain(|v| Arc::strong_count(v) > 1);
+            self.swept = self.values.len();
+        }
+        let v: Arc<str> = Arc::from(text);
+        self.values.insert(v.clone());
+        v
+    }
+
+    /// How many distinct values are held.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether no value is held.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
     }
 }
 

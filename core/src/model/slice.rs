@@ -6,12 +6,14 @@
 //! skips them; endpoints without an address are skipped.
 
 use super::{
-    parse_ip, parse_protocol, shorten, size, Accepted, Ignored, Invalid, NamespacedName, ObjectKind,
+    parse_ip, parse_protocol, shorten, size, Accepted, Ignored, Interner, Invalid, NamespacedName,
+    ObjectKind,
 };
 use crate::source::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_plugin_api::model::{IpAddr, IpFamily, Protocol};
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// The label naming the service a slice belongs to.
@@ -43,14 +45,14 @@ pub struct SliceEndpoint {
     pub serving: bool,
     /// `conditions.terminating` (nil = false).
     pub terminating: bool,
-    /// `nodeName`, empty when unset.
-    pub node_name: String,
-    /// `zone`, empty when unset.
-    pub zone: String,
+    /// `nodeName`, empty when unset (shared: many endpoints run on one node).
+    pub node_name: Arc<str>,
+    /// `zone`, empty when unset (shared).
+    pub zone: Arc<str>,
     /// `hints.forZones` names, sorted and unique (empty: no zone hints).
-    pub zone_hints: Vec<String>,
+    pub zone_hints: Box<[Arc<str>]>,
     /// `hints.forNodes` names, sorted and unique (empty: no node hints).
-    pub node_hints: Vec<String>,
+    pub node_hints: Box<[Arc<str>]>,
 }
 
 /// A validated EndpointSlice.
@@ -74,6 +76,16 @@ impl SliceInfo {
     /// Validates an EndpointSlice. FQDN slices and slices of headless or other-proxy services
     /// are [`Accepted::Ignored`]; broken ones are [`Invalid`].
     pub fn from_slice(slice: &EndpointSlice) -> Result<Accepted<SliceInfo>, Invalid> {
+        Self::from_slice_with(slice, &mut Interner::default())
+    }
+
+    /// [`SliceInfo::from_slice`], taking node, zone and hint names from `names`, so that
+    /// endpoints on the same node share one copy of its name across every slice converted
+    /// with the same interner.
+    pub fn from_slice_with(
+        slice: &EndpointSlice,
+        names: &mut Interner,
+    ) -> Result<Accepted<SliceInfo>, Invalid> {
         let id = NamespacedName::of(&slice.metadata);
         let invalid = |reason: String| Invalid::new(ObjectKind::EndpointSlice, &id, reason);
         if id.name.is_empty() {
@@ -182,7 +194,7 @@ impl SliceInfo {
             };
             let conditions = ep.conditions.clone().unwrap_or_default();
             let (zone_hints, node_hints) = match &ep.hints {
-                None => (Vec::new(), Vec::new()),
+                None => (Box::default(), Box::default()),
                 Some(h) => {
                     let zones: Vec<&str> = h
                         .for_zones
@@ -202,7 +214,7 @@ impl SliceInfo {
                             size::MAX_HINTS
                         )));
                     }
-                    (sorted_unique(zones), sorted_unique(nodes))
+                    (sorted_unique(zones, names), sorted_unique(nodes, names))
                 }
             };
             endpoints.push(SliceEndpoint {
@@ -210,8 +222,8 @@ impl SliceInfo {
                 ready: conditions.ready.unwrap_or(true),
                 serving: conditions.serving.unwrap_or(true),
                 terminating: conditions.terminating.unwrap_or(false),
-                node_name: ep.node_name.clone().unwrap_or_default(),
-                zone: ep.zone.clone().unwrap_or_default(),
+                node_name: names.get(ep.node_name.as_deref().unwrap_or_default()),
+                zone: names.get(ep.zone.as_deref().unwrap_or_default()),
                 zone_hints,
                 node_hints,
             });
@@ -243,11 +255,10 @@ impl SliceInfo {
     }
 }
 
-fn sorted_unique(items: Vec<&str>) -> Vec<String> {
-    let mut v: Vec<String> = items.into_iter().map(str::to_string).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
+fn sorted_unique(mut items: Vec<&str>, names: &mut Interner) -> Box<[Arc<str>]> {
+    items.sort_unstable();
+    items.dedup();
+    items.into_iter().map(|n| names.get(n)).collect()
 }
 
 /// Parses an RFC 3339 time; `None` when malformed (upstream logs and ignores a bad trigger

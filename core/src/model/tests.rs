@@ -608,10 +608,11 @@ fn slice_conditions_default_as_upstream() {
     // serving nil = true, as upstream's endpointslicecache.go and the API documentation say.
     assert!(!e[1].ready && e[1].serving && !e[1].terminating);
     assert!(!e[2].ready && e[2].serving && e[2].terminating);
-    assert_eq!(e[2].node_name, "n1");
-    assert_eq!(e[2].zone, "z1");
-    assert_eq!(e[3].zone_hints, vec!["a", "b"]);
-    assert_eq!(e[3].node_hints, vec!["n2"]);
+    assert_eq!(&*e[2].node_name, "n1");
+    assert_eq!(&*e[2].zone, "z1");
+    let names = |v: &[std::sync::Arc<str>]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&e[3].zone_hints), vec!["a", "b"]);
+    assert_eq!(names(&e[3].node_hints), vec!["n2"]);
     assert_eq!(info.service, NamespacedName::new("ns", "svc"));
     assert_eq!(info.family, IpFamily::V4);
     let t = info.trigger_time.unwrap();

@@ -11,6 +11,11 @@
 //! - `Apply` / `Delete` become [`ResourceEvent::Applied`] / [`ResourceEvent::Deleted`].
 //! - An error is logged and nothing is emitted: downstream keeps its last known state (rules stay
 //!   in place) while the watcher backs off (`default_backoff`, 0.8 s doubling to 30 s) and retries.
+//!
+//! [`KubeSource::model_events`], which the daemon uses, converts every Service and
+//! EndpointSlice into its model form as it arrives — also within a listing — so the API
+//! objects are dropped at once: only the watcher's current page (500 objects) ever exists as
+//! API objects. [`KubeSource::events`] yields the API objects themselves.
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -26,8 +31,10 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::{
-    excluded_by_proxy_selector, ResourceEvent, SourceError, SourceEvent, PROXY_LABEL_SELECTOR,
+    excluded_by_proxy_selector, Converted, ModelEvent, ResourceEvent, SourceError, SourceEvent,
+    PROXY_LABEL_SELECTOR,
 };
+use crate::model::Interner;
 
 /// Builds a Kubernetes client from an explicit kubeconfig file, or — when none is named — the
 /// way every Kubernetes tool does (`KUBECONFIG`, `~/.kube/config`, then the in-cluster service
@@ -62,42 +69,88 @@ impl KubeSource {
         Self { client, node_name }
     }
 
-    /// Starts the three watches and merges them. The stream never ends and never yields an
-    /// error: the API server being away only means no events until it is back.
+    /// Starts the three watches and merges them, yielding the API objects. The stream never
+    /// ends and never yields an error: the API server being away only means no events until it
+    /// is back.
     pub fn events(self) -> BoxStream<'static, SourceEvent> {
+        self.watch(
+            |svc| svc,
+            |slice| slice,
+            SourceEvent::Service,
+            SourceEvent::Slice,
+            SourceEvent::Node,
+        )
+    }
+
+    /// [`KubeSource::events`] with every Service and EndpointSlice converted into its model
+    /// form the moment it arrives (see the module docs). Node, zone and hint names are shared
+    /// across all slices through one [`Interner`].
+    pub fn model_events(self) -> BoxStream<'static, ModelEvent> {
+        let mut names = Interner::default();
+        self.watch(
+            |svc| Converted::service(&svc),
+            move |slice| Converted::slice(&slice, &mut names),
+            ModelEvent::Service,
+            ModelEvent::Slice,
+            ModelEvent::Node,
+        )
+    }
+
+    /// The three watches, each object passed through its `convert_*`, merged into one stream
+    /// of `E`.
+    fn watch<S, L, E>(
+        self,
+        convert_service: impl FnMut(Service) -> S + Send + 'static,
+        convert_slice: impl FnMut(EndpointSlice) -> L + Send + 'static,
+        service_event: fn(ResourceEvent<S>) -> E,
+        slice_event: fn(ResourceEvent<L>) -> E,
+        node_event: fn(ResourceEvent<Node>) -> E,
+    ) -> BoxStream<'static, E>
+    where
+        S: Send + 'static,
+        L: Send + 'static,
+        E: Send + 'static,
+    {
         let selected = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
         let services = watch_kind(
             Api::<Service>::all(self.client.clone()),
             selected.clone(),
             "Service",
+            convert_service,
         )
-        .map(SourceEvent::Service);
+        .map(service_event);
         let slices = watch_kind(
             Api::<EndpointSlice>::all(self.client.clone()),
             selected,
             "EndpointSlice",
+            convert_slice,
         )
-        .map(SourceEvent::Slice);
+        .map(slice_event);
         let node_config =
             watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
-        let node =
-            watch_kind(Api::<Node>::all(self.client), node_config, "Node").map(SourceEvent::Node);
+        let node = watch_kind(Api::<Node>::all(self.client), node_config, "Node", |node| {
+            node
+        })
+        .map(node_event);
         futures::stream::select_all([services.boxed(), slices.boxed(), node.boxed()]).boxed()
     }
 }
 
-/// One watcher, with backoff, translated to [`ResourceEvent`]s; errors are logged and dropped.
-fn watch_kind<K>(
+/// One watcher, with backoff, translated to [`ResourceEvent`]s of converted objects; errors
+/// are logged and dropped.
+fn watch_kind<K, T>(
     api: Api<K>,
     config: watcher::Config,
     resource: &'static str,
-) -> impl futures::Stream<Item = ResourceEvent<K>> + Send + 'static
+    convert: impl FnMut(K) -> T + Send + 'static,
+) -> impl futures::Stream<Item = ResourceEvent<T>> + Send + 'static
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    T: Send + 'static,
 {
     watcher(api, config)
         .default_backoff()
-        .scan(Translator::default(), move |translator, item| {
+        .scan(Translator::new(convert), move |translator, item| {
             let out = match item {
                 Ok(event) => translator.translate(event),
                 Err(error) => {
@@ -125,22 +178,28 @@ fn log_watch_error(resource: &'static str, error: &watcher::Error) {
     }
 }
 
-/// Turns the watcher's event sequence into [`ResourceEvent`]s: the state is the listing being
-/// collected between `Init` and `InitDone`. Kept apart from the stream so it is testable
-/// without an API server.
-struct Translator<K> {
-    listing: Option<Vec<K>>,
+/// Turns the watcher's event sequence into [`ResourceEvent`]s, converting each object as it
+/// arrives: the state is the (converted) listing being collected between `Init` and
+/// `InitDone`. Kept apart from the stream so it is testable without an API server.
+struct Translator<T, C> {
+    listing: Option<Vec<T>>,
+    convert: C,
 }
 
-impl<K> Default for Translator<K> {
-    fn default() -> Self {
-        Self { listing: None }
+impl<T, C> Translator<T, C> {
+    fn new(convert: C) -> Self {
+        Self {
+            listing: None,
+            convert,
+        }
     }
-}
 
-impl<K: Resource> Translator<K> {
     /// The event to emit for one watcher event, if any.
-    fn translate(&mut self, event: watcher::Event<K>) -> Option<ResourceEvent<K>> {
+    fn translate<K>(&mut self, event: watcher::Event<K>) -> Option<ResourceEvent<T>>
+    where
+        K: Resource,
+        C: FnMut(K) -> T,
+    {
         match event {
             watcher::Event::Init => {
                 self.listing = Some(Vec::new());
@@ -148,7 +207,8 @@ impl<K: Resource> Translator<K> {
             }
             watcher::Event::InitApply(object) => {
                 if !excluded_by_proxy_selector(object.meta()) {
-                    self.listing.get_or_insert_with(Vec::new).push(object);
+                    let converted = (self.convert)(object);
+                    self.listing.get_or_insert_with(Vec::new).push(converted);
                 }
                 None
             }
@@ -160,10 +220,10 @@ impl<K: Resource> Translator<K> {
             // gone — exactly what a selector-aware server reports with a DELETED event.
             watcher::Event::Apply(object) if excluded_by_proxy_selector(object.meta()) => {
                 tracing::debug!(name = %object.name_any(), "object excluded by label; treating as deleted");
-                Some(ResourceEvent::Deleted(object))
+                Some(ResourceEvent::Deleted((self.convert)(object)))
             }
-            watcher::Event::Apply(object) => Some(ResourceEvent::Applied(object)),
-            watcher::Event::Delete(object) => Some(ResourceEvent::Deleted(object)),
+            watcher::Event::Apply(object) => Some(ResourceEvent::Applied((self.convert)(object))),
+            watcher::Event::Delete(object) => Some(ResourceEvent::Deleted((self.convert)(object))),
         }
     }
 }
@@ -192,7 +252,7 @@ mod tests {
 
     #[test]
     fn a_listing_becomes_one_replaced() {
-        let mut t = Translator::default();
+        let mut t = Translator::new(|s: Service| s);
         assert_eq!(t.translate(watcher::Event::Init), None);
         assert_eq!(
             t.translate(watcher::Event::InitApply(service("a", &[]))),
@@ -219,7 +279,7 @@ mod tests {
 
     #[test]
     fn applies_and_deletes_pass_through() {
-        let mut t = Translator::default();
+        let mut t = Translator::new(|s: Service| s);
         assert_eq!(
             t.translate(watcher::Event::Apply(service("a", &[]))),
             Some(ResourceEvent::Applied(service("a", &[])))
@@ -233,7 +293,7 @@ mod tests {
     #[test]
     fn excluded_labels_are_dropped_from_listings_and_turn_applies_into_deletes() {
         let other = service("x", &[(super::super::LABEL_SERVICE_PROXY_NAME, "other")]);
-        let mut t = Translator::default();
+        let mut t = Translator::new(|s: Service| s);
         t.translate(watcher::Event::Init);
         t.translate(watcher::Event::InitApply(other.clone()));
         assert_eq!(
@@ -244,5 +304,35 @@ mod tests {
             t.translate(watcher::Event::Apply(other.clone())),
             Some(ResourceEvent::Deleted(other))
         );
+    }
+
+    #[test]
+    fn a_converting_translator_keeps_only_the_model_form_of_a_listing() {
+        let mut converted = 0;
+        let mut t = Translator::new(|s: Service| {
+            converted += 1;
+            Converted::service(&s)
+        });
+        t.translate(watcher::Event::Init);
+        let mut headless = service("h", &[]);
+        headless.spec = Some(k8s_openapi::api::core::v1::ServiceSpec {
+            cluster_ip: Some("None".into()),
+            ..Default::default()
+        });
+        t.translate(watcher::Event::InitApply(headless));
+        t.translate(watcher::Event::InitApply(service("a", &[])));
+        let Some(ResourceEvent::Replaced(list)) = t.translate(watcher::Event::InitDone) else {
+            panic!("a listing ends in one Replaced");
+        };
+        let ids: Vec<String> = list.iter().map(|c| c.id.to_string()).collect();
+        assert_eq!(ids, ["default/h", "default/a"]);
+        assert_eq!(
+            list[0].outcome,
+            Ok(crate::model::Accepted::Ignored(
+                crate::model::Ignored::Headless
+            ))
+        );
+        drop(t);
+        assert_eq!(converted, 2, "each object is converted once, as it arrives");
     }
 }

@@ -1,11 +1,21 @@
 //! Where the cluster's objects come from: the Kubernetes API ([`kubernetes`]) or a folder of
 //! YAML manifests ([`manifest`]). Both yield the same [`SourceEvent`] stream, so everything
 //! downstream is indifferent to which one runs.
+//!
+//! The daemon consumes [`ModelEvent`]s: the same events with Services and EndpointSlices
+//! already converted into kproxy's model ([`Converted`]). The Kubernetes source converts each
+//! object the moment it arrives ([`kubernetes::KubeSource::model_events`]), so a listing of
+//! 250,000 endpoints never exists as API objects all at once — those are several times the
+//! size of their model form. Any [`SourceEvent`] stream converts with [`ModelEvent::from`].
 
 use std::path::PathBuf;
 
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::model::{
+    service::ServiceInfo, slice::SliceInfo, Accepted, Interner, Invalid, NamespacedName,
+};
 
 pub mod kubernetes;
 pub mod manifest;
@@ -43,6 +53,78 @@ pub enum SourceEvent {
     Slice(ResourceEvent<EndpointSlice>),
     /// This node's Node object changed (only this node's).
     Node(ResourceEvent<Node>),
+}
+
+/// One Service or EndpointSlice in model form: its identity and the outcome of its
+/// conversion (valid, deliberately ignored, or invalid and why).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Converted<T> {
+    /// The object's namespace and name, as [`NamespacedName::of`] reads them.
+    pub id: NamespacedName,
+    /// What conversion made of it.
+    pub outcome: Result<Accepted<T>, Invalid>,
+}
+
+impl Converted<ServiceInfo> {
+    /// Converts a Service ([`ServiceInfo::from_service`]).
+    pub fn service(svc: &Service) -> Self {
+        Converted {
+            id: NamespacedName::of(&svc.metadata),
+            outcome: ServiceInfo::from_service(svc),
+        }
+    }
+}
+
+impl Converted<SliceInfo> {
+    /// Converts an EndpointSlice ([`SliceInfo::from_slice_with`]), sharing node and zone names
+    /// through `names`.
+    pub fn slice(slice: &EndpointSlice, names: &mut Interner) -> Self {
+        Converted {
+            id: NamespacedName::of(&slice.metadata),
+            outcome: SliceInfo::from_slice_with(slice, names),
+        }
+    }
+}
+
+/// A [`SourceEvent`] with Services and EndpointSlices in model form: what Topology consumes.
+/// The Node stays an API object (there is one, and it is converted where it is used).
+// Allowed as for `SourceEvent`: events are moved, not stored in bulk.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelEvent {
+    /// A Service changed.
+    Service(ResourceEvent<Converted<ServiceInfo>>),
+    /// An EndpointSlice changed.
+    Slice(ResourceEvent<Converted<SliceInfo>>),
+    /// This node's Node object changed (only this node's).
+    Node(ResourceEvent<Node>),
+}
+
+impl<K> ResourceEvent<K> {
+    /// The same event with every object passed through `convert`.
+    pub fn map<T>(self, mut convert: impl FnMut(K) -> T) -> ResourceEvent<T> {
+        match self {
+            ResourceEvent::Applied(o) => ResourceEvent::Applied(convert(o)),
+            ResourceEvent::Deleted(o) => ResourceEvent::Deleted(convert(o)),
+            ResourceEvent::Replaced(list) => {
+                ResourceEvent::Replaced(list.into_iter().map(convert).collect())
+            }
+        }
+    }
+}
+
+impl From<SourceEvent> for ModelEvent {
+    /// Converts every object of the event (names are shared within the event).
+    fn from(event: SourceEvent) -> Self {
+        match event {
+            SourceEvent::Service(e) => ModelEvent::Service(e.map(|s| Converted::service(&s))),
+            SourceEvent::Slice(e) => {
+                let mut names = Interner::default();
+                ModelEvent::Slice(e.map(|s| Converted::slice(&s, &mut names)))
+            }
+            SourceEvent::Node(e) => ModelEvent::Node(e),
+        }
+    }
 }
 
 /// Returns true when an object's labels exclude it from [`PROXY_LABEL_SELECTOR`], i.e. it carries

@@ -3,10 +3,10 @@
 //!
 //! [`Topology`] is a plain state struct (the Topology actor is a thin shell around it):
 //!
-//! 1. [`Topology::apply`] takes one [`SourceEvent`], validates the objects through
-//!    [`crate::model`], updates its stores, and re-resolves only the services that event
-//!    touched (a dirty set), so one endpoint change among 44,000 services costs one service's
-//!    worth of work.
+//! 1. [`Topology::apply`] takes one [`ModelEvent`] (objects already validated through
+//!    [`crate::model`] by the source) or [`SourceEvent`] (validated here), updates its
+//!    stores, and re-resolves only the services that event touched (a dirty set), so one
+//!    endpoint change among 44,000 services costs one service's worth of work.
 //! 2. [`Topology::take_delta`] returns the service ports whose resolved form differs from what
 //!    the previous call returned, the keys that disappeared, the node's facts when they changed,
 //!    and the slices' last-change-trigger-times for network-programming latency.
@@ -26,8 +26,10 @@ use crate::model::node::NodeInfo;
 use crate::model::service::ServiceInfo;
 use crate::model::slice::SliceInfo;
 use crate::model::{Accepted, Invalid, NamespacedName};
-use crate::source::{ResourceEvent, SourceEvent};
-use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
+#[cfg(doc)]
+use crate::source::SourceEvent;
+use crate::source::{Converted, ModelEvent, ResourceEvent};
+use k8s_openapi::api::core::v1::Node;
 use kproxy_plugin_api::model::{NodeFacts, Protocol, ServicePort, ServicePortKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
@@ -134,60 +136,53 @@ impl Topology {
         }
     }
 
-    /// Applies one source event and re-resolves the services it touched. Returns the objects
-    /// skipped as invalid; every other object in the event is applied.
-    pub fn apply(&mut self, event: SourceEvent) -> Vec<Skipped> {
+    /// Applies one source event (a [`ModelEvent`], or a [`SourceEvent`], converted here) and
+    /// re-resolves the services it touched. Returns the objects skipped as invalid; every other
+    /// object in the event is applied.
+    pub fn apply(&mut self, event: impl Into<ModelEvent>) -> Vec<Skipped> {
         let mut skipped = Vec::new();
-        match event {
-            SourceEvent::Service(ev) => match ev {
-                ResourceEvent::Applied(svc) => self.apply_service(&svc, &mut skipped),
-                ResourceEvent::Deleted(svc) => {
-                    self.remove_service(&NamespacedName::of(&svc.metadata))
-                }
+        match event.into() {
+            ModelEvent::Service(ev) => match ev {
+                ResourceEvent::Applied(svc) => self.apply_service(svc, &mut skipped),
+                ResourceEvent::Deleted(svc) => self.remove_service(&svc.id),
                 ResourceEvent::Replaced(list) => {
-                    let keep: HashSet<NamespacedName> = list
-                        .iter()
-                        .map(|s| NamespacedName::of(&s.metadata))
-                        .collect();
+                    let keep: HashSet<&NamespacedName> = list.iter().map(|s| &s.id).collect();
                     let gone: Vec<NamespacedName> = self
                         .services
                         .keys()
-                        .filter(|id| !keep.contains(*id))
+                        .filter(|id| !keep.contains(id))
                         .cloned()
                         .collect();
+                    drop(keep);
                     for id in gone {
                         self.remove_service(&id);
                     }
-                    for svc in &list {
+                    for svc in list {
                         self.apply_service(svc, &mut skipped);
                     }
                 }
             },
-            SourceEvent::Slice(ev) => match ev {
-                ResourceEvent::Applied(slice) => self.apply_slice(&slice, &mut skipped),
-                ResourceEvent::Deleted(slice) => {
-                    self.remove_slice(&NamespacedName::of(&slice.metadata))
-                }
+            ModelEvent::Slice(ev) => match ev {
+                ResourceEvent::Applied(slice) => self.apply_slice(slice, &mut skipped),
+                ResourceEvent::Deleted(slice) => self.remove_slice(&slice.id),
                 ResourceEvent::Replaced(list) => {
-                    let keep: HashSet<NamespacedName> = list
-                        .iter()
-                        .map(|s| NamespacedName::of(&s.metadata))
-                        .collect();
+                    let keep: HashSet<&NamespacedName> = list.iter().map(|s| &s.id).collect();
                     let gone: Vec<NamespacedName> = self
                         .slices
                         .keys()
-                        .filter(|id| !keep.contains(*id))
+                        .filter(|id| !keep.contains(id))
                         .cloned()
                         .collect();
+                    drop(keep);
                     for id in gone {
                         self.remove_slice(&id);
                     }
-                    for slice in &list {
+                    for slice in list {
                         self.apply_slice(slice, &mut skipped);
                     }
                 }
             },
-            SourceEvent::Node(ev) => match ev {
+            ModelEvent::Node(ev) => match ev {
                 ResourceEvent::Applied(node) => self.apply_node(&node, &mut skipped),
                 ResourceEvent::Deleted(node) => {
                     if node.metadata.name.as_deref() == Some(self.config.node_name.as_str()) {
@@ -318,9 +313,9 @@ impl Topology {
         self.endpoint_total
     }
 
-    fn apply_service(&mut self, svc: &Service, skipped: &mut Vec<Skipped>) {
-        let id = NamespacedName::of(&svc.metadata);
-        match ServiceInfo::from_service(svc) {
+    fn apply_service(&mut self, svc: Converted<ServiceInfo>, skipped: &mut Vec<Skipped>) {
+        let id = svc.id;
+        match svc.outcome {
             Ok(Accepted::Valid(info)) => {
                 if self.services.get(&id) != Some(&info) {
                     self.services.insert(id.clone(), info);
@@ -344,9 +339,9 @@ impl Topology {
         }
     }
 
-    fn apply_slice(&mut self, slice: &EndpointSlice, skipped: &mut Vec<Skipped>) {
-        let id = NamespacedName::of(&slice.metadata);
-        match SliceInfo::from_slice(slice) {
+    fn apply_slice(&mut self, slice: Converted<SliceInfo>, skipped: &mut Vec<Skipped>) {
+        let id = slice.id;
+        match slice.outcome {
             Ok(Accepted::Valid(info)) => {
                 if self.slices.get(&id) == Some(&info) {
                     return;

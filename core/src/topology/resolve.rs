@@ -123,8 +123,8 @@ pub(crate) fn resolve_service(
                     ready: c.ep.ready,
                     serving: c.ep.serving,
                     terminating: c.ep.terminating,
-                    node_name: c.ep.node_name.as_str().into(),
-                    zone: c.ep.zone.as_str().into(),
+                    node_name: (*c.ep.node_name).into(),
+                    zone: (*c.ep.zone).into(),
                     is_local: c.local,
                     for_cluster: for_cluster[i],
                     for_local: for_local[i],
@@ -178,7 +178,7 @@ fn merge_slices<'a>(
             for ep in &slice.endpoints {
                 let key = (ep.ip, sp.port);
                 if !set.contains_key(&key) || !ep.terminating {
-                    let local = !node_name.is_empty() && ep.node_name == node_name;
+                    let local = !node_name.is_empty() && *ep.node_name == *node_name;
                     set.insert(
                         key,
                         Candidate {
@@ -293,8 +293,6 @@ fn available_for_topology(ep: &SliceEndpoint, mode: TopologyMode, node: &str, zo
 }
 
 /// Membership in a sorted, deduplicated hint list.
-fn has(sorted: &[String], item: &str) -> bool {
-    sorted
-        .binary_search_by(|probe| probe.as_str().cmp(item))
-        .is_ok()
+fn has(sorted: &[std::sync::Arc<str>], item: &str) -> bool {
+    sorted.binary_search_by(|probe| (**probe).cmp(item)).is_ok()
 }

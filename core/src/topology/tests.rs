@@ -5,6 +5,7 @@
 use super::*;
 use crate::model::fixtures::*;
 use crate::model::slice::ANNOTATION_LAST_CHANGE_TRIGGER_TIME;
+use crate::source::SourceEvent;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_plugin_api::model::{IpFamily, TrafficPolicy};
