@@ -10,7 +10,15 @@
 //! 2. [`Topology::take_delta`] returns the service ports whose resolved form differs from what
 //!    the previous call returned, the keys that disappeared, the node's facts when they changed,
 //!    and the slices' last-change-trigger-times for network-programming latency.
-//! 3. [`Topology::snapshot`] returns every resolved service port for a full resync.
+//! 3. [`Topology::snapshot`] resolves every service port afresh (for tests and tools: the
+//!    sync thread keeps the desired state itself, patched by the deltas).
+//!
+//! Topology does not keep the resolved service ports: the sync thread's store holds the one
+//! full copy of the desired state. Per service port it remembers only a 128-bit digest of the
+//! form it last reported, which is all it needs to tell a real change from a re-resolution
+//! that came out the same; a changed port is held only until the next `take_delta` moves it
+//! out. (Two different forms with the same digest would hide a change; with 128 bits of
+//! SipHash that is not a practical concern.)
 //!
 //! The resolved state is a pure function of the current objects: an object that is invalid or
 //! ignored counts as absent (its earlier valid form is dropped too), so a relist
@@ -31,7 +39,7 @@ use crate::source::SourceEvent;
 use crate::source::{Converted, ModelEvent, ResourceEvent};
 use k8s_openapi::api::core::v1::Node;
 use kproxy_plugin_api::model::{NodeFacts, Protocol, ServicePort, ServicePortKey};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{hash_map::Entry, BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
 
 mod resolve;
@@ -92,6 +100,41 @@ impl StateDelta {
     }
 }
 
+/// What Topology remembers of a resolved service port (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Digest {
+    /// Two SipHash values of the whole port, under different prefixes.
+    hash: [u64; 2],
+    /// Its endpoint count, for [`Topology::endpoint_count`].
+    endpoints: usize,
+}
+
+impl Digest {
+    fn of(port: &ServicePort) -> Digest {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let hash = [0u8, 1u8].map(|prefix| {
+            let mut h = DefaultHasher::new();
+            prefix.hash(&mut h);
+            port.hash(&mut h);
+            h.finish()
+        });
+        Digest {
+            hash,
+            endpoints: port.endpoints.len(),
+        }
+    }
+}
+
+/// A service port changed since the last take.
+#[derive(Debug)]
+struct Pending {
+    /// Its digest as of the last take (`None`: it did not exist).
+    before: Option<Digest>,
+    /// Its current form (`None`: it no longer exists). Present exactly when
+    /// the resolved digests hold the key.
+    now: Option<ServicePort>,
+}
+
 /// The cluster-wide picture resolved for this node. See the module docs.
 #[derive(Debug)]
 pub struct Topology {
@@ -99,15 +142,18 @@ pub struct Topology {
     services: HashMap<NamespacedName, ServiceInfo>,
     slices: HashMap<NamespacedName, SliceInfo>,
     /// Slice names per service (same namespace), sorted so merging is deterministic.
-    slices_by_service: HashMap<NamespacedName, BTreeSet<String>>,
+    /// (A sorted `Vec`, not a `BTreeSet`: services have one slice or a few, and a set's node
+    /// costs ten times a one-element vector — at 44,000 services that is megabytes.)
+    slices_by_service: HashMap<NamespacedName, Vec<String>>,
     node: Option<NodeInfo>,
-    /// Every resolved service port, sorted by key (a service's ports are contiguous).
-    resolved: BTreeMap<ServicePortKey, ServicePort>,
+    /// The digest of every resolved service port, sorted by key (a service's ports are
+    /// contiguous).
+    resolved: BTreeMap<ServicePortKey, Digest>,
     endpoint_total: usize,
     /// Services to re-resolve at the end of the current `apply`.
     dirty: HashSet<NamespacedName>,
-    /// Keys changed since the last take, with their form as of that take (`None`: absent).
-    pending: HashMap<ServicePortKey, Option<ServicePort>>,
+    /// Keys changed since the last take: their digest as of that take and their current form.
+    pending: HashMap<ServicePortKey, Pending>,
     /// Trigger times of slice changes since the last take, per service.
     trigger_times: HashMap<NamespacedName, Vec<SystemTime>>,
     /// The node facts the last take reported.
@@ -220,17 +266,20 @@ impl Topology {
         let mut upserts = Vec::new();
         let mut removed = Vec::new();
         let mut services_in_delta: HashSet<NamespacedName> = HashSet::new();
-        for (key, before) in self.pending.drain() {
-            let now = self.resolved.get(&key);
-            if now == before.as_ref() {
+        // Only needed to filter trigger times; usually there are none to filter.
+        let times_pending = !self.trigger_times.is_empty();
+        for (key, pending) in self.pending.drain() {
+            if self.resolved.get(&key) == pending.before.as_ref() {
                 continue; // changed and changed back
             }
-            services_in_delta.insert(NamespacedName::new(
-                key.namespace.as_str(),
-                key.name.as_str(),
-            ));
-            match now {
-                Some(port) => upserts.push(port.clone()),
+            if times_pending {
+                services_in_delta.insert(NamespacedName::new(
+                    key.namespace.as_str(),
+                    key.name.as_str(),
+                ));
+            }
+            match pending.now {
+                Some(port) => upserts.push(port),
                 None => removed.push(key),
             }
         }
@@ -256,14 +305,22 @@ impl Topology {
         (!delta.is_empty()).then_some(delta)
     }
 
-    /// Every resolved service port, sorted by key: the whole desired state.
+    /// Every service port resolved afresh, sorted by key: the whole desired state. Costs a
+    /// resolution of every service; the daemon never calls it.
     pub fn snapshot(&self) -> Vec<ServicePort> {
-        self.resolved.values().cloned().collect()
+        let mut ports: Vec<ServicePort> = self
+            .services
+            .keys()
+            .flat_map(|id| self.resolve_ports(id))
+            .collect();
+        ports.sort_by(|a, b| a.key.cmp(&b.key));
+        ports
     }
 
-    /// The resolved form of one service port.
-    pub fn get(&self, key: &ServicePortKey) -> Option<&ServicePort> {
-        self.resolved.get(key)
+    /// The resolved form of one service port, resolved afresh.
+    pub fn get(&self, key: &ServicePortKey) -> Option<ServicePort> {
+        let id = NamespacedName::new(key.namespace.as_str(), key.name.as_str());
+        self.resolve_ports(&id).into_iter().find(|p| p.key == *key)
     }
 
     /// The node's facts as kproxy currently knows them: from the Node object, with the host's
@@ -352,10 +409,13 @@ impl Topology {
                         self.unindex(&old_service, &id.name);
                     }
                 }
-                self.slices_by_service
+                let names = self
+                    .slices_by_service
                     .entry(info.service.clone())
-                    .or_default()
-                    .insert(id.name.clone());
+                    .or_default();
+                if let Err(at) = names.binary_search(&id.name) {
+                    names.insert(at, id.name.clone());
+                }
                 self.dirty.insert(info.service.clone());
                 if let Some(t) = info.trigger_time {
                     if self
@@ -394,7 +454,9 @@ impl Topology {
     /// Removes a slice from its service's index and marks the service dirty.
     fn unindex(&mut self, service: &NamespacedName, slice_name: &str) {
         if let Some(names) = self.slices_by_service.get_mut(service) {
-            names.remove(slice_name);
+            if let Ok(at) = names.binary_search_by(|n| n.as_str().cmp(slice_name)) {
+                names.remove(at);
+            }
             if names.is_empty() {
                 self.slices_by_service.remove(service);
             }
@@ -447,9 +509,9 @@ impl Topology {
         }
     }
 
-    fn resolve_service(&mut self, id: &NamespacedName) {
-        self.resolutions += 1;
-        let new_ports = match self.services.get(id) {
+    /// The service ports of service `id` as they resolve now (none when it is unknown).
+    fn resolve_ports(&self, id: &NamespacedName) -> Vec<ServicePort> {
+        match self.services.get(id) {
             None => Vec::new(),
             Some(svc) => {
                 let slices: Vec<&SliceInfo> = self
@@ -475,7 +537,12 @@ impl Topology {
                 };
                 resolve::resolve_service(svc, &slices, view)
             }
-        };
+        }
+    }
+
+    fn resolve_service(&mut self, id: &NamespacedName) {
+        self.resolutions += 1;
+        let new_ports = self.resolve_ports(id);
 
         // The service's current ports: a contiguous range of the sorted map.
         let start = ServicePortKey::new(&id.namespace, &id.name, "", Protocol::Tcp);
@@ -489,23 +556,36 @@ impl Topology {
         for key in old_keys {
             if !new_keys.contains(&key) {
                 if let Some(old) = self.resolved.remove(&key) {
-                    self.endpoint_total -= old.endpoints.len();
-                    self.pending.entry(key).or_insert(Some(old));
+                    self.endpoint_total -= old.endpoints;
+                    // The digest as of the last take is kept once however often it changes.
+                    self.pending
+                        .entry(key)
+                        .or_insert(Pending {
+                            before: Some(old),
+                            now: None,
+                        })
+                        .now = None;
                 }
             }
         }
         for port in new_ports {
-            let old = self.resolved.get(&port.key);
-            if old == Some(&port) {
+            let digest = Digest::of(&port);
+            let old = self.resolved.get(&port.key).copied();
+            if old == Some(digest) {
                 continue;
             }
-            self.endpoint_total -= old.map_or(0, |o| o.endpoints.len());
-            self.endpoint_total += port.endpoints.len();
-            if !self.pending.contains_key(&port.key) {
-                // The form as of the last take, kept once however often it changes after.
-                self.pending.insert(port.key.clone(), old.cloned());
+            self.endpoint_total -= old.map_or(0, |o| o.endpoints);
+            self.endpoint_total += digest.endpoints;
+            self.resolved.insert(port.key.clone(), digest);
+            match self.pending.entry(port.key.clone()) {
+                Entry::Occupied(mut e) => e.get_mut().now = Some(port),
+                Entry::Vacant(e) => {
+                    e.insert(Pending {
+                        before: old,
+                        now: Some(port),
+                    });
+                }
             }
-            self.resolved.insert(port.key.clone(), port);
         }
     }
 }

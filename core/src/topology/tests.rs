@@ -584,7 +584,7 @@ fn rule_table() {
             failures.push(format!("{}: no service port {k}", case.name));
             continue;
         };
-        let (got_c, got_l) = (cluster(port), local(port));
+        let (got_c, got_l) = (cluster(&port), local(&port));
         if got_c != case.cluster || got_l != case.local {
             failures.push(format!(
                 "{}:\n  cluster want {:?} got {:?}\n  local   want {:?} got {:?}",
@@ -605,8 +605,8 @@ fn the_table_does_not_depend_on_arrival_order() {
             apply_slice(&mut t, s);
         }
         let port = t.get(&key("web", case.port.0, case.port.1)).unwrap();
-        assert_eq!(cluster(port), case.cluster, "{}", case.name);
-        assert_eq!(local(port), case.local, "{}", case.name);
+        assert_eq!(cluster(&port), case.cluster, "{}", case.name);
+        assert_eq!(local(&port), case.local, "{}", case.name);
     }
 }
 
@@ -992,7 +992,7 @@ fn node_zone_change_reresolves_hinted_services_only() {
     );
     apply_slice(&mut t, ready_slice("plain", "p-1", &["10.0.0.3"]));
     assert_eq!(
-        cluster(t.get(&key("hinted", "http", TCP)).unwrap()),
+        cluster(&t.get(&key("hinted", "http", TCP)).unwrap()),
         vec!["10.0.0.1:8080"]
     );
     t.take_delta();
