@@ -131,8 +131,9 @@ struct Pending {
     /// Its digest as of the last take (`None`: it did not exist).
     before: Option<Digest>,
     /// Its current form (`None`: it no longer exists). Present exactly when
-    /// the resolved digests hold the key.
-    now: Option<ServicePort>,
+    /// the resolved digests hold the key. Boxed: the table stays small, and so does the copy
+    /// of it made while it grows.
+    now: Option<Box<ServicePort>>,
 }
 
 /// The cluster-wide picture resolved for this node. See the module docs.
@@ -263,7 +264,7 @@ impl Topology {
             None
         };
 
-        let mut upserts = Vec::new();
+        let mut upserts = Vec::with_capacity(self.pending.len());
         let mut removed = Vec::new();
         let mut services_in_delta: HashSet<NamespacedName> = HashSet::new();
         // Only needed to filter trigger times; usually there are none to filter.
@@ -279,7 +280,7 @@ impl Topology {
                 ));
             }
             match pending.now {
-                Some(port) => upserts.push(port),
+                Some(port) => upserts.push(*port),
                 None => removed.push(key),
             }
         }
@@ -414,6 +415,7 @@ impl Topology {
                     .entry(info.service.clone())
                     .or_default();
                 if let Err(at) = names.binary_search(&id.name) {
+                    names.reserve_exact(1); // most services have one slice
                     names.insert(at, id.name.clone());
                 }
                 self.dirty.insert(info.service.clone());
@@ -578,11 +580,11 @@ impl Topology {
             self.endpoint_total += digest.endpoints;
             self.resolved.insert(port.key.clone(), digest);
             match self.pending.entry(port.key.clone()) {
-                Entry::Occupied(mut e) => e.get_mut().now = Some(port),
+                Entry::Occupied(mut e) => e.get_mut().now = Some(Box::new(port)),
                 Entry::Vacant(e) => {
                     e.insert(Pending {
                         before: old,
-                        now: Some(port),
+                        now: Some(Box::new(port)),
                     });
                 }
             }

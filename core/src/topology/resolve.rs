@@ -116,6 +116,8 @@ pub(crate) fn resolve_service(
             let candidates = merge_slices(slices, family, &port.name, port.protocol, node.name);
             let (for_cluster, for_local) =
                 categorize(&candidates, uses_cluster, uses_local, node.name, node.zone);
+            // Exact: the list lives as long as the port, in the sync thread's state.
+            endpoints.reserve_exact(candidates.len());
             for (i, c) in candidates.iter().enumerate() {
                 endpoints.push(Endpoint {
                     ip: c.ep.ip,

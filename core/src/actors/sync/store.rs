@@ -51,9 +51,18 @@ impl StateStore {
             }
             self.unapplied.insert(key);
         }
-        for port in delta.upserts {
+        for port in &delta.upserts {
             self.unapplied.insert(port.key.clone());
-            upsert(&mut self.state.services, port);
+        }
+        let sorted = delta.upserts.windows(2).all(|w| w[0].key < w[1].key);
+        if self.state.services.is_empty() && sorted {
+            // The first delta holds every service port, sorted (as Topology sends them): take
+            // its buffer as it is rather than growing a second one beside it.
+            self.state.services = RVec::from(delta.upserts);
+        } else {
+            for port in delta.upserts {
+                upsert(&mut self.state.services, port);
+            }
         }
         self.trigger_times.extend(delta.trigger_times);
     }
@@ -158,6 +167,30 @@ mod tests {
             .collect();
         assert_eq!(names, vec![("a".to_string(), 2), ("b".to_string(), 1)]);
         assert_eq!(store.state().generation, 2);
+    }
+
+    #[test]
+    fn a_sorted_first_delta_gives_the_same_state_as_one_port_at_a_time() {
+        let ports = vec![port("a", 1), port("b", 1), port("c", 1)];
+        let mut whole = StateStore::new();
+        whole.apply(delta(ports.clone(), vec![]));
+        let mut one_by_one = StateStore::new();
+        for p in ports {
+            one_by_one.apply(delta(vec![p], vec![]));
+        }
+        assert_eq!(whole.state().services, one_by_one.state().services);
+        assert_eq!(whole.change_set(false).changed.len(), 3);
+        whole.apply(delta(vec![port("b", 2), port("d", 1)], vec![]));
+        let names: Vec<_> = whole
+            .state()
+            .services
+            .iter()
+            .map(|s| (s.key.name.to_string(), s.port))
+            .collect();
+        assert_eq!(
+            names,
+            [("a", 1), ("b", 2), ("c", 1), ("d", 1)].map(|(n, p)| (n.to_string(), p))
+        );
     }
 
     #[test]
