@@ -88,7 +88,7 @@ impl NodeInfo {
             .is_some_and(|t| t.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
 
         Ok(NodeInfo {
-            name: id.name.clone(),
+            name: id.name.to_string(),
             zone,
             internal_ips,
             external_ips,

@@ -86,7 +86,7 @@ impl SliceInfo {
         slice: &EndpointSlice,
         names: &mut Interner,
     ) -> Result<Accepted<SliceInfo>, Invalid> {
-        let id = NamespacedName::of(&slice.metadata);
+        let id = NamespacedName::of_interned(&slice.metadata, names);
         let invalid = |reason: String| Invalid::new(ObjectKind::EndpointSlice, &id, reason);
         if id.name.is_empty() {
             return Err(invalid("metadata.name is missing".into()));
@@ -129,7 +129,10 @@ impl SliceInfo {
             .and_then(|l| l.get(LABEL_SERVICE_NAME))
             .filter(|s| !s.is_empty())
             .ok_or_else(|| invalid(format!("label {LABEL_SERVICE_NAME} is missing")))?;
-        let service = NamespacedName::new(id.namespace.clone(), service_name.clone());
+        let service = NamespacedName {
+            namespace: id.namespace.clone(),
+            name: service_name.as_str().into(),
+        };
 
         let mut ports = Vec::with_capacity(port_count);
         let mut seen = HashSet::new();

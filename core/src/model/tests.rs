@@ -243,7 +243,7 @@ fn one_megabyte_objects_are_refused() {
     n.metadata.annotations = Some([("junk".to_string(), mb)].into());
     let e = NodeInfo::from_node(&n).unwrap_err();
     assert_eq!(e.kind, ObjectKind::Node);
-    assert_eq!(e.object.name, "n1");
+    assert_eq!(&*e.object.name, "n1");
 }
 
 #[test]

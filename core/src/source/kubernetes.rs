@@ -83,12 +83,13 @@ impl KubeSource {
     }
 
     /// [`KubeSource::events`] with every Service and EndpointSlice converted into its model
-    /// form the moment it arrives (see the module docs). Node, zone and hint names are shared
-    /// across all slices through one [`Interner`].
+    /// form the moment it arrives (see the module docs). Namespace, node, zone and hint names
+    /// are shared through an [`Interner`] per kind.
     pub fn model_events(self) -> BoxStream<'static, ModelEvent> {
+        let mut service_names = Interner::default();
         let mut names = Interner::default();
         self.watch(
-            |svc| Converted::service(&svc),
+            move |svc| Converted::service(&svc, &mut service_names),
             move |slice| Converted::slice(&slice, &mut names),
             ModelEvent::Service,
             ModelEvent::Slice,
@@ -311,7 +312,7 @@ mod tests {
         let mut converted = 0;
         let mut t = Translator::new(|s: Service| {
             converted += 1;
-            Converted::service(&s)
+            Converted::service(&s, &mut Interner::default())
         });
         t.translate(watcher::Event::Init);
         let mut headless = service("h", &[]);

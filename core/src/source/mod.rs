@@ -66,23 +66,31 @@ pub struct Converted<T> {
 }
 
 impl Converted<ServiceInfo> {
-    /// Converts a Service ([`ServiceInfo::from_service`]).
-    pub fn service(svc: &Service) -> Self {
-        Converted {
-            id: NamespacedName::of(&svc.metadata),
-            outcome: ServiceInfo::from_service(svc),
-        }
+    /// Converts a Service ([`ServiceInfo::from_service`]), sharing its namespace's name
+    /// through `names`.
+    pub fn service(svc: &Service, names: &mut Interner) -> Self {
+        let mut outcome = ServiceInfo::from_service(svc);
+        let id = match &mut outcome {
+            Ok(Accepted::Valid(info)) => {
+                info.id.namespace = names.get(&info.id.namespace);
+                info.id.clone()
+            }
+            _ => NamespacedName::of_interned(&svc.metadata, names),
+        };
+        Converted { id, outcome }
     }
 }
 
 impl Converted<SliceInfo> {
-    /// Converts an EndpointSlice ([`SliceInfo::from_slice_with`]), sharing node and zone names
-    /// through `names`.
+    /// Converts an EndpointSlice ([`SliceInfo::from_slice_with`]), sharing namespace, node
+    /// and zone names through `names`.
     pub fn slice(slice: &EndpointSlice, names: &mut Interner) -> Self {
-        Converted {
-            id: NamespacedName::of(&slice.metadata),
-            outcome: SliceInfo::from_slice_with(slice, names),
-        }
+        let outcome = SliceInfo::from_slice_with(slice, names);
+        let id = match &outcome {
+            Ok(Accepted::Valid(info)) => info.id.clone(),
+            _ => NamespacedName::of_interned(&slice.metadata, names),
+        };
+        Converted { id, outcome }
     }
 }
 
@@ -117,7 +125,10 @@ impl From<SourceEvent> for ModelEvent {
     /// Converts every object of the event (names are shared within the event).
     fn from(event: SourceEvent) -> Self {
         match event {
-            SourceEvent::Service(e) => ModelEvent::Service(e.map(|s| Converted::service(&s))),
+            SourceEvent::Service(e) => {
+                let mut names = Interner::default();
+                ModelEvent::Service(e.map(|s| Converted::service(&s, &mut names)))
+            }
             SourceEvent::Slice(e) => {
                 let mut names = Interner::default();
                 ModelEvent::Slice(e.map(|s| Converted::slice(&s, &mut names)))

@@ -40,6 +40,7 @@ use crate::source::{Converted, ModelEvent, ResourceEvent};
 use k8s_openapi::api::core::v1::Node;
 use kproxy_plugin_api::model::{NodeFacts, Protocol, ServicePort, ServicePortKey};
 use std::collections::{hash_map::Entry, BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 mod resolve;
@@ -145,7 +146,7 @@ pub struct Topology {
     /// Slice names per service (same namespace), sorted so merging is deterministic.
     /// (A sorted `Vec`, not a `BTreeSet`: services have one slice or a few, and a set's node
     /// costs ten times a one-element vector — at 44,000 services that is megabytes.)
-    slices_by_service: HashMap<NamespacedName, Vec<String>>,
+    slices_by_service: HashMap<NamespacedName, Vec<Arc<str>>>,
     node: Option<NodeInfo>,
     /// The digest of every resolved service port, sorted by key (a service's ports are
     /// contiguous).
@@ -456,7 +457,7 @@ impl Topology {
     /// Removes a slice from its service's index and marks the service dirty.
     fn unindex(&mut self, service: &NamespacedName, slice_name: &str) {
         if let Some(names) = self.slices_by_service.get_mut(service) {
-            if let Ok(at) = names.binary_search_by(|n| n.as_str().cmp(slice_name)) {
+            if let Ok(at) = names.binary_search_by(|n| (**n).cmp(slice_name)) {
                 names.remove(at);
             }
             if names.is_empty() {
@@ -490,10 +491,7 @@ impl Topology {
             for (service, names) in &self.slices_by_service {
                 let hinted = names.iter().any(|name| {
                     self.slices
-                        .get(&NamespacedName::new(
-                            service.namespace.as_str(),
-                            name.as_str(),
-                        ))
+                        .get(&slice_id(service, name))
                         .is_some_and(SliceInfo::has_hints)
                 });
                 if hinted {
@@ -521,10 +519,7 @@ impl Topology {
                     .get(id)
                     .into_iter()
                     .flatten()
-                    .filter_map(|name| {
-                        self.slices
-                            .get(&NamespacedName::new(id.namespace.as_str(), name.as_str()))
-                    })
+                    .filter_map(|name| self.slices.get(&slice_id(id, name)))
                     .collect();
                 let zone = self
                     .node
@@ -551,7 +546,9 @@ impl Topology {
         let old_keys: Vec<ServicePortKey> = self
             .resolved
             .range(start..)
-            .take_while(|(k, _)| k.namespace.as_str() == id.namespace && k.name.as_str() == id.name)
+            .take_while(|(k, _)| {
+                k.namespace.as_str() == &*id.namespace && k.name.as_str() == &*id.name
+            })
             .map(|(k, _)| k.clone())
             .collect();
         let new_keys: HashSet<&ServicePortKey> = new_ports.iter().map(|p| &p.key).collect();
@@ -589,5 +586,14 @@ impl Topology {
                 }
             }
         }
+    }
+}
+
+/// The identity of slice `name` of `service` (slices live in their service's namespace), built
+/// from shared strings without allocating.
+fn slice_id(service: &NamespacedName, name: &Arc<str>) -> NamespacedName {
+    NamespacedName {
+        namespace: service.namespace.clone(),
+        name: name.clone(),
     }
 }
