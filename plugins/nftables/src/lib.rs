@@ -22,6 +22,7 @@ pub mod render;
 pub mod rule;
 pub mod sample;
 pub mod script;
+pub mod slots;
 
 #[cfg(test)]
 mod tests;

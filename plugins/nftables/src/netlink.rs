@@ -18,9 +18,10 @@
 
 use crate::rule::{
     Action, AddrItem, AddrValue, Dir, ElemKey, ElemValue, Match, PortValue, Reject, Rule, Verdict,
-    VmapKey, SLOTS,
+    VmapKey,
 };
 use crate::script::{ElemRef, KeyType, SetKey, SetSpec, SetValue, Sink};
+use crate::slots::SLOTS;
 use kproxy_plugin_api::{IpAddr, IpFamily, PluginError, Protocol};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -804,13 +805,13 @@ impl<'n> Batch<'n> {
                 }
                 e.lookup(REG_1, map, None, Some(REG_VERDICT), false);
             }
-            Action::SlotVmap { map } => {
-                e.numgen(SLOTS);
+            Action::SlotVmap { start, map } => {
+                e.numgen(SLOTS, *start);
                 e.hton32(REG_1);
                 e.lookup(REG_1, map, None, Some(REG_VERDICT), false);
             }
-            Action::DnatSlots { family, map } => {
-                e.numgen(SLOTS);
+            Action::DnatSlots { family, start, map } => {
+                e.numgen(SLOTS, *start);
                 e.hton32(REG_1);
                 e.lookup(REG_1, map, None, Some(REG_1), false);
                 let addr_len = match family {
@@ -964,12 +965,12 @@ impl Exprs {
         });
     }
 
-    fn numgen(&mut self, modulus: u32) {
+    fn numgen(&mut self, modulus: u32, offset: u32) {
         self.expr("numgen", |b| {
             b.be32(1, REG_1); // NFTA_NG_DREG
             b.be32(2, modulus); // NFTA_NG_MODULUS
             b.be32(3, 1); // NFTA_NG_TYPE: NFT_NG_RANDOM
-            b.be32(4, 0); // NFTA_NG_OFFSET
+            b.be32(4, offset); // NFTA_NG_OFFSET
         });
     }
 

@@ -8,9 +8,10 @@
 //! [`FamilyProgram`]; it ends with exactly what a full sync of the same state would write.
 
 use crate::{
-    render::{self, affinity_set_spec, Container, Element, FamilyCtx, PortObjects, SlotMap},
+    render::{self, affinity_set_spec, policy_chains, Container, Element, FamilyCtx, PortObjects},
     rule::{ElemKey, ElemValue},
     script::{ElemRef, Script, SetKey, Sink},
+    slots::SlotIds,
 };
 use kproxy_plugin_api::{IpAddr, IpFamily, ProxyState, ServicePort, ServicePortKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -77,6 +78,24 @@ pub struct FamilyProgram {
     pub ports: BTreeMap<ServicePortKey, ServicePort>,
     /// Every map and set element, with its owners.
     pub index: ElementIndex,
+    /// The slot block of each policy chain.
+    pub ids: SlotIds,
+}
+
+impl FamilyProgram {
+    /// Assigns slot blocks to both policy chains of the service port `key`.
+    fn assign_ids(&mut self, key: &ServicePortKey) {
+        for chain in policy_chains(key) {
+            self.ids.ensure(&chain);
+        }
+    }
+
+    /// Frees the slot blocks of the service port `key`.
+    fn release_ids(&mut self, key: &ServicePortKey) {
+        for chain in policy_chains(key) {
+            self.ids.release(&chain);
+        }
+    }
 }
 
 /// ClientIP affinity entries read from the kernel before a full sync, so re-creating the table
@@ -142,10 +161,29 @@ pub fn plan_full(
     }
     for ctx in enabled {
         s.begin(ctx.family, ctx.table);
-        render::render_globals(ctx, s);
+        // Deleted and re-created, so a hand-edited table is put right.
+        s.reset_table("rules for kproxy");
         let mut program = FamilyProgram::default();
+        // The chains of ClientIP-affinity ports come before the slot maps whose elements
+        // `goto` them: `nft -f` adds a map's elements where the map is declared when both are
+        // in one transaction, and a chain declared after that is not there yet.
+        for sp in state
+            .services
+            .iter()
+            .filter(|sp| sp.session_affinity.client_ip)
+        {
+            program.assign_ids(&sp.key);
+            if let Some(objs) = render::render_port(ctx, &program.ids, sp) {
+                for chain in &objs.chains {
+                    s.add_chain(&chain.name);
+                }
+            }
+        }
+        render::render_globals(ctx, s);
         for sp in state.services.iter() {
-            let Some(objs) = render::render_port(ctx, sp) else {
+            program.assign_ids(&sp.key);
+            let Some(objs) = render::render_port(ctx, &program.ids, sp) else {
+                program.release_ids(&sp.key);
                 continue;
             };
             for set in &objs.sets {
@@ -168,11 +206,10 @@ pub fn plan_full(
                     }
                 }
             }
-            for chain in &objs.chains {
-                s.add_chain(&chain.name);
-            }
-            for map in &objs.maps {
-                add_map(s, map);
+            if !sp.session_affinity.client_ip {
+                for chain in &objs.chains {
+                    s.add_chain(&chain.name);
+                }
             }
             for chain in &objs.chains {
                 for rule in &chain.rules {
@@ -184,9 +221,9 @@ pub fn plan_full(
             }
             program.ports.insert(sp.key.clone(), sp.clone());
         }
-        for container in Container::ALL {
+        for container in Container::all() {
             s.add_elements(
-                container.name(),
+                &container.name(),
                 program
                     .index
                     .elements()
@@ -197,15 +234,6 @@ pub fn plan_full(
         programs.push(program);
     }
     programs
-}
-
-/// Adds a slot map and its elements.
-fn add_map(s: &mut impl Sink, map: &SlotMap) {
-    s.add_set(&map.spec());
-    s.add_elements(
-        &map.name,
-        map.elements.iter().map(|(k, v)| ElemRef::new(k, Some(v))),
-    );
 }
 
 /// Plans an incremental sync of one family: re-renders the `changed` service ports (absent from
@@ -224,6 +252,11 @@ pub fn plan_incremental(
         old: Option<PortObjects>,
         new: Option<PortObjects>,
     }
+    for key in changed {
+        if state.find(key).is_some() {
+            program.assign_ids(key);
+        }
+    }
     let updates: Vec<Update> = changed
         .iter()
         .map(|key| Update {
@@ -231,11 +264,19 @@ pub fn plan_incremental(
             old: program
                 .ports
                 .get(key)
-                .and_then(|sp| render::render_port(ctx, sp)),
-            new: state.find(key).and_then(|sp| render::render_port(ctx, sp)),
+                .and_then(|sp| render::render_port(ctx, &program.ids, sp)),
+            new: state
+                .find(key)
+                .and_then(|sp| render::render_port(ctx, &program.ids, sp)),
         })
-        .filter(|u| u.old != u.new)
         .collect();
+    // Ports gone (or no longer in this family) give their slot blocks back.
+    for u in &updates {
+        if u.new.is_none() {
+            program.release_ids(&u.key);
+        }
+    }
+    let updates: Vec<Update> = updates.into_iter().filter(|u| u.old != u.new).collect();
     if updates.is_empty() {
         return 0;
     }
@@ -278,10 +319,6 @@ pub fn plan_incremental(
     let mut flush = Vec::new();
     let mut delete_chains = Vec::new();
     let mut delete_sets = Vec::new();
-    let mut delete_maps = Vec::new();
-    let mut add_maps: Vec<SlotMap> = Vec::new();
-    let mut delete_map_elements: Vec<(String, Vec<ElemKey>)> = Vec::new();
-    let mut add_map_elements: Vec<(String, Vec<(ElemKey, ElemValue)>)> = Vec::new();
     let mut add_sets = Vec::new();
     let mut add_chains = Vec::new();
     let mut rules: Vec<(String, Vec<crate::rule::Rule>)> = Vec::new();
@@ -305,39 +342,6 @@ pub fn plan_incremental(
                 .get(s.name.as_str())
                 .is_some_and(|t| *t != s.timeout)
         });
-        // A slot map keeps its declaration when only its endpoints change: then only the
-        // elements that differ are written (data elements: the kernel need not re-validate
-        // the table). One whose kind of value changes (ClientIP affinity turned on or off) is
-        // re-created, and so is the chain that uses it.
-        let new_maps: HashMap<&str, &SlotMap> =
-            new.maps.iter().map(|m| (m.name.as_str(), m)).collect();
-        let old_maps: HashMap<&str, &SlotMap> =
-            old.maps.iter().map(|m| (m.name.as_str(), m)).collect();
-        let maps_recreated: BTreeSet<&str> = old
-            .maps
-            .iter()
-            .filter(|m| new_maps.get(m.name.as_str()).map(|n| n.value) != Some(m.value))
-            .map(|m| m.name.as_str())
-            .collect();
-        for m in &old.maps {
-            if maps_recreated.contains(m.name.as_str()) {
-                delete_maps.push(m.name.clone());
-            }
-        }
-        for m in &new.maps {
-            match old_maps.get(m.name.as_str()) {
-                Some(o) if !maps_recreated.contains(m.name.as_str()) => {
-                    let (gone, came) = slot_changes(o, m);
-                    if !gone.is_empty() {
-                        delete_map_elements.push((m.name.clone(), gone));
-                    }
-                    if !came.is_empty() {
-                        add_map_elements.push((m.name.clone(), came));
-                    }
-                }
-                _ => add_maps.push(m.clone()),
-            }
-        }
         let old_chains: HashMap<&str, &Vec<crate::rule::Rule>> = old
             .chains
             .iter()
@@ -350,11 +354,7 @@ pub fn plan_incremental(
                     add_chains.push(chain.name.clone());
                     rules.push((chain.name.clone(), chain.rules.clone()));
                 }
-                Some(old_rules)
-                    if **old_rules != chain.rules
-                        || sets_recreated
-                        || maps_recreated.contains(chain.name.as_str()) =>
-                {
+                Some(old_rules) if **old_rules != chain.rules || sets_recreated => {
                     flush.push(chain.name.clone());
                     rules.push((chain.name.clone(), chain.rules.clone()));
                 }
@@ -392,16 +392,13 @@ pub fn plan_incremental(
     let objects_before = s.objects();
     s.begin(ctx.family, ctx.table);
     for (c, keys) in &delete_elements {
-        s.delete_elements(c.name(), keys.iter().map(|k| ElemRef::new(k, None)));
-    }
-    for (map, keys) in &delete_map_elements {
-        s.delete_elements(map, keys.iter().map(|k| ElemRef::new(k, None)));
+        s.delete_elements(&c.name(), keys.iter().map(|k| ElemRef::new(k, None)));
     }
     for name in &flush {
         s.flush_chain(name);
     }
-    // Sets and maps before chains: a map's elements jump to endpoint chains that may go.
-    for name in delete_maps.iter().chain(&delete_sets) {
+    // Sets before chains.
+    for name in &delete_sets {
         s.delete_set(name);
     }
     for name in &delete_chains {
@@ -413,9 +410,6 @@ pub fn plan_incremental(
     for name in &add_chains {
         s.add_chain(name);
     }
-    for map in &add_maps {
-        add_map(s, map);
-    }
     for (chain, chain_rules) in &rules {
         for rule in chain_rules {
             s.add_rule(chain, rule);
@@ -423,32 +417,9 @@ pub fn plan_incremental(
     }
     for (c, elements) in &add_elements {
         s.add_elements(
-            c.name(),
+            &c.name(),
             elements.iter().map(|(k, v)| ElemRef::new(k, v.as_ref())),
         );
     }
-    for (map, elements) in &add_map_elements {
-        s.add_elements(map, elements.iter().map(|(k, v)| ElemRef::new(k, Some(v))));
-    }
     s.objects() - objects_before
-}
-
-/// The elements of slot map `old` that `new` no longer has (by key) and those it adds. An
-/// element whose slots stay but whose endpoint changes is in both.
-fn slot_changes(old: &SlotMap, new: &SlotMap) -> (Vec<ElemKey>, Vec<(ElemKey, ElemValue)>) {
-    let old_set: BTreeSet<&(ElemKey, ElemValue)> = old.elements.iter().collect();
-    let new_set: BTreeSet<&(ElemKey, ElemValue)> = new.elements.iter().collect();
-    let gone = old
-        .elements
-        .iter()
-        .filter(|e| !new_set.contains(e))
-        .map(|(k, _)| k.clone())
-        .collect();
-    let came = new
-        .elements
-        .iter()
-        .filter(|e| !old_set.contains(e))
-        .cloned()
-        .collect();
-    (gone, came)
 }

@@ -15,11 +15,13 @@ use crate::{
         Rule, Verdict, VmapKey,
     },
     script::{ElemRef, KeyType, SetKey, SetSpec, SetValue, Sink},
+    slots::{block_start, shard_of, SlotIds, SlotKind, SHARDS},
 };
 use kproxy_plugin_api::{
     Cidr, Endpoint, FamilyView, IpAddr, IpFamily, LocalDetectMode, NodeFacts, Protocol,
     ProxySettings, ServicePort,
 };
+use std::borrow::Cow;
 
 /// Upstream's default ClientIP affinity timeout, used when a service gives none.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
@@ -89,26 +91,37 @@ pub enum Container {
     /// Set of `endpoint . endpoint` pairs: a connection an endpoint makes to itself through a
     /// service (hairpin) is masqueraded in postrouting, so the reply comes back through the
     /// node. Upstream does this with a rule in each endpoint's chain; here endpoints have no
-    /// chain of their own (see [`SlotMap`]).
+    /// chain of their own (see [`crate::slots`]).
     HairpinEndpoints,
+    /// Slot map `shard` of a kind: policy chains' slot blocks → endpoints (or, with ClientIP
+    /// affinity, endpoint chains).
+    Slots(SlotKind, u8),
 }
 
 impl Container {
     /// Every container, in the order a full sync writes them.
-    pub const ALL: [Container; 8] = [
-        Container::ClusterIps,
-        Container::ServiceIps,
-        Container::ServiceNodePorts,
-        Container::NoEndpointServices,
-        Container::NoEndpointNodePorts,
-        Container::FirewallIps,
-        Container::HealthCheckNodePorts,
-        Container::HairpinEndpoints,
-    ];
+    pub fn all() -> impl Iterator<Item = Container> {
+        [
+            Container::ClusterIps,
+            Container::ServiceIps,
+            Container::ServiceNodePorts,
+            Container::NoEndpointServices,
+            Container::NoEndpointNodePorts,
+            Container::FirewallIps,
+            Container::HealthCheckNodePorts,
+            Container::HairpinEndpoints,
+        ]
+        .into_iter()
+        .chain(
+            SlotKind::ALL
+                .into_iter()
+                .flat_map(|kind| (0..SHARDS as u8).map(move |shard| Container::Slots(kind, shard))),
+        )
+    }
 
     /// The set or map's name in the table.
-    pub fn name(self) -> &'static str {
-        match self {
+    pub fn name(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             Container::ClusterIps => "cluster-ips",
             Container::ServiceIps => "service-ips",
             Container::ServiceNodePorts => "service-nodeports",
@@ -117,7 +130,16 @@ impl Container {
             Container::FirewallIps => "firewall-ips",
             Container::HealthCheckNodePorts => "health-check-nodeports",
             Container::HairpinEndpoints => "hairpin-endpoints",
-        }
+            Container::Slots(kind, shard) => {
+                let kind = match kind {
+                    SlotKind::Tcp => "tcp",
+                    SlotKind::Udp => "udp",
+                    SlotKind::Sctp => "sctp",
+                    SlotKind::Affinity => "affinity",
+                };
+                return Cow::Owned(format!("endpoints-{kind}-{shard:02}"));
+            }
+        })
     }
 
     /// Whether this is a verdict map (elements carry a value) rather than a plain set.
@@ -128,8 +150,25 @@ impl Container {
         )
     }
 
-    /// The declaration of this set or map in `family`'s table.
-    pub fn spec(self, family: IpFamily) -> SetSpec<'static> {
+    /// The declaration of this set or map in `family`'s table, named `name` (its
+    /// [`Container::name`]).
+    pub fn spec(self, family: IpFamily, name: &str) -> SetSpec<'_> {
+        if let Container::Slots(kind, _) = self {
+            let value = match kind {
+                SlotKind::Tcp => SetValue::Endpoint(family, Protocol::Tcp),
+                SlotKind::Udp => SetValue::Endpoint(family, Protocol::Udp),
+                SlotKind::Sctp => SetValue::Endpoint(family, Protocol::Sctp),
+                SlotKind::Affinity => SetValue::Verdict,
+            };
+            return SetSpec {
+                name,
+                key: KeyType::Slots,
+                value,
+                interval: true,
+                timeout: None,
+                comment: None,
+            };
+        }
         let (key, comment) = match self {
             Container::ClusterIps => (KeyType::Addr(family), "Active ClusterIPs"),
             Container::ServiceIps => (
@@ -157,9 +196,10 @@ impl Container {
                 KeyType::AddrPair(family),
                 "endpoints connecting to themselves through a service",
             ),
+            Container::Slots(..) => unreachable!("returned above"),
         };
         SetSpec {
-            name: self.name(),
+            name,
             key,
             value: if self.is_map() {
                 SetValue::Verdict
@@ -209,52 +249,6 @@ pub struct AffinitySet {
     pub timeout: u32,
 }
 
-/// A named slot map that a policy chain picks an endpoint from (`numgen random mod 65536`):
-/// the slots split evenly among the endpoints ([`slots_of`]), each mapping to the endpoint
-/// itself (`addr . port`, for `dnat … map`) or, with ClientIP affinity, to the endpoint's chain
-/// (`goto`, which records the client). Its declaration does not depend on the number of
-/// endpoints, so an endpoint change rewrites only its elements.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SlotMap {
-    /// The map's name (the name of the chain that uses it).
-    pub name: String,
-    /// What its elements map to.
-    pub value: SetValue,
-    /// Its elements: slot range → endpoint or chain.
-    pub elements: Vec<(ElemKey, ElemValue)>,
-}
-
-impl SlotMap {
-    /// A map `name` spreading its slots over `values`, in order.
-    fn new(name: &str, value: SetValue, values: impl ExactSizeIterator<Item = ElemValue>) -> Self {
-        let n = values.len();
-        let elements = values
-            .enumerate()
-            .map(|(i, v)| {
-                let (first, last) = slots_of(i, n);
-                (ElemKey::Slots(first, last), v)
-            })
-            .collect();
-        SlotMap {
-            name: name.to_string(),
-            value,
-            elements,
-        }
-    }
-
-    /// The map's declaration.
-    pub fn spec(&self) -> SetSpec<'_> {
-        SetSpec {
-            name: &self.name,
-            key: KeyType::Slots,
-            value: self.value,
-            interval: true,
-            timeout: None,
-            comment: None,
-        }
-    }
-}
-
 /// Everything one service port puts into one family's table.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PortObjects {
@@ -262,8 +256,6 @@ pub struct PortObjects {
     pub chains: Vec<Chain>,
     /// ClientIP affinity sets.
     pub sets: Vec<AffinitySet>,
-    /// The slot maps the policy chains choose endpoints from.
-    pub maps: Vec<SlotMap>,
     /// Map and set elements.
     pub elements: Vec<Element>,
 }
@@ -356,11 +348,9 @@ impl FamilyCtx<'_> {
     }
 }
 
-/// Writes the table's skeleton for one family: the table itself (deleted and re-created, so a
-/// hand-edited table is put right), base chains, dispatch chains and rules, and empty maps.
+/// Writes the table's skeleton for one family: base chains, dispatch chains and rules, and
+/// empty sets and maps (the caller re-creates the table first).
 pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut impl Sink) {
-    s.reset_table("rules for kproxy");
-
     let base = [
         (FILTER_PREROUTING, "filter", "prerouting", PRIO_DSTNAT - 10),
         (FILTER_INPUT, "filter", "input", PRIO_DSTNAT - 10),
@@ -393,8 +383,8 @@ pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut impl Sink) {
     }
 
     // Sets and maps first: the rules below refer to them.
-    for c in Container::ALL {
-        s.add_set(&c.spec(ctx.family));
+    for c in Container::all() {
+        s.add_set(&c.spec(ctx.family, &c.name()));
     }
     let node_port_cidrs = ctx.cidrs(ctx.settings.node_port_addresses.iter());
     let match_all_node_ips = ctx.settings.node_port_addresses.is_empty();
@@ -561,7 +551,10 @@ pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut impl Sink) {
 
 /// Renders one service port for one family, or `None` when it has no cluster IP of that
 /// family (upstream's per-family proxier never sees such a port).
-pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects> {
+///
+/// `ids` holds the slot block of each policy chain ([`crate::plan`] assigns them first, for
+/// both policy chains of every port: [`policy_chains`]).
+pub fn render_port(ctx: &FamilyCtx<'_>, ids: &SlotIds, sp: &ServicePort) -> Option<PortObjects> {
     let fam = ctx.family;
     let key = &sp.key;
     let cluster_ip = *sp.cluster_ips.iter().find(|a| a.family == fam)?;
@@ -692,9 +685,28 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
     let ep_set = |e: &Endpoint| names::endpoint_object(Kind::Affinity, key, e.ip, e.port);
     let jump_masq = || Action::Verdict(Verdict::Jump(MARK_MASQ.into()));
 
-    let mut maps = Vec::new();
+    let mut slot_elements = Vec::new();
     let mut policy_rules = |chain: &str, eps: &[&Endpoint]| -> Vec<Rule> {
         let mut rules = Vec::new();
+        let Some(id) = ids.get(chain) else {
+            // Only when every block of the table is taken (over 130,000 policy chains): the
+            // chain sends nowhere, as if it had no endpoints.
+            tracing::warn!(
+                chain,
+                "no slot block left for this service port's endpoints"
+            );
+            return rules;
+        };
+        let start = block_start(id);
+        let shard = shard_of(id);
+        let mut slot = |container: Container, i: usize, value: ElemValue| {
+            let (first, last) = slots_of(i, eps.len());
+            slot_elements.push(Element {
+                container,
+                key: ElemKey::Slots(start + first, start + last),
+                value: Some(value),
+            });
+        };
         if affinity {
             // A remembered client goes to its endpoint's chain; a new one is sent to a random
             // endpoint's chain, which remembers it.
@@ -704,23 +716,30 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
                     Action::Verdict(Verdict::Goto(ep_chain(e))),
                 ));
             }
-            maps.push(SlotMap::new(
-                chain,
-                SetValue::Verdict,
-                eps.iter().map(|e| Verdict::Goto(ep_chain(e)).into()),
-            ));
-            rules.push(Rule::new(Action::SlotVmap { map: chain.into() }));
+            let container = Container::Slots(SlotKind::Affinity, shard);
+            for (i, e) in eps.iter().enumerate() {
+                slot(container, i, Verdict::Goto(ep_chain(e)).into());
+            }
+            rules.push(Rule::new(Action::SlotVmap {
+                start,
+                map: container.name().into_owned(),
+            }));
         } else {
-            maps.push(SlotMap::new(
-                chain,
-                SetValue::Endpoint(fam, proto),
-                eps.iter().map(|e| ElemValue::Endpoint(e.ip, e.port)),
-            ));
+            let kind = match proto {
+                Protocol::Tcp => SlotKind::Tcp,
+                Protocol::Udp => SlotKind::Udp,
+                Protocol::Sctp => SlotKind::Sctp,
+            };
+            let container = Container::Slots(kind, shard);
+            for (i, e) in eps.iter().enumerate() {
+                slot(container, i, ElemValue::Endpoint(e.ip, e.port));
+            }
             rules.push(Rule::when(
                 vec![Match::L4Proto(proto)],
                 Action::DnatSlots {
                     family: fam,
-                    map: chain.into(),
+                    start,
+                    map: container.name().into_owned(),
                 },
             ));
         }
@@ -763,7 +782,7 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
         }
     }
 
-    out.maps = maps;
+    out.elements.append(&mut slot_elements);
 
     if let Some(name) = &external_chain {
         let mut rules = Vec::new();
@@ -860,6 +879,15 @@ pub fn render_port(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects>
         }
     }
     Some(out)
+}
+
+/// The names of a service port's two possible policy chains (cluster and local), which own
+/// slot blocks.
+pub fn policy_chains(key: &kproxy_plugin_api::ServicePortKey) -> [String; 2] {
+    [
+        names::service_object(Kind::ClusterPolicy, key),
+        names::service_object(Kind::LocalPolicy, key),
+    ]
 }
 
 /// The declaration of an affinity set of `family` with `timeout` seconds.

@@ -5,6 +5,7 @@
 //! encodes the same rule as nf_tables expressions for the kernel. Only the handful of forms
 //! kproxy uses exist, so each has exactly one text and one encoding.
 
+use crate::slots::SLOTS;
 use kproxy_plugin_api::{Cidr, IpAddr, IpFamily, Protocol};
 use std::fmt;
 
@@ -237,22 +238,26 @@ pub enum Action {
         /// The verdict map.
         map: String,
     },
-    /// `numgen random mod 65536 vmap @<map>`: an even random choice among the chains of a
-    /// named slot map ([`SLOTS`]: `0-32767 : goto c0, 32768-65535 : goto c1`). The modulus is
-    /// fixed, so a changed number of endpoints changes only the map's elements, never the rule.
+    /// `numgen random mod 16384 offset <start> vmap @<map>`: an even random choice among the
+    /// endpoint chains of a slot block ([`crate::slots`]: `<start>-<x> : goto c0, …`). The rule
+    /// does not depend on the number of endpoints: a change rewrites only map elements.
     SlotVmap {
-        /// The map.
+        /// The first number of the chain's block.
+        start: u32,
+        /// The slot map.
         map: String,
     },
-    /// `dnat ip to numgen random mod 65536 map @<map>` (after `meta l4proto <proto>`): an even
-    /// random choice among the endpoints (`addr . port`) of a named slot map. Choosing an
-    /// endpoint through data rather than through a `goto` per endpoint is what keeps an
-    /// endpoint change cheap for the kernel: a transaction that adds only data elements does
-    /// not make it re-validate the table's whole jump graph.
+    /// `dnat ip to numgen random mod 16384 offset <start> map @<map>` (after
+    /// `meta l4proto <proto>`): an even random choice among the endpoints (`addr . port`) of a
+    /// slot block. Choosing through data rather than a `goto` per endpoint keeps an endpoint
+    /// change cheap for the kernel: a transaction of data elements does not make it
+    /// re-validate the table's whole jump graph.
     DnatSlots {
         /// The family (`ip` or `ip6`).
         family: IpFamily,
-        /// The map.
+        /// The first number of the chain's block.
+        start: u32,
+        /// The slot map.
         map: String,
     },
     /// `mark set mark or <bit>`.
@@ -291,11 +296,14 @@ impl fmt::Display for Action {
                 ),
                 VmapKey::ProtoPort => write!(f, "meta l4proto . th dport vmap @{map}"),
             },
-            Action::SlotVmap { map } => write!(f, "numgen random mod {SLOTS} vmap @{map}"),
-            Action::DnatSlots { family, map } => write!(
+            Action::SlotVmap { start, map } => {
+                write!(f, "{} vmap @{map}", slot_draw(*start))
+            }
+            Action::DnatSlots { family, start, map } => write!(
                 f,
-                "dnat {} to numgen random mod {SLOTS} map @{map}",
-                ip_word(*family)
+                "dnat {} to {} map @{map}",
+                ip_word(*family),
+                slot_draw(*start)
             ),
             Action::MarkOr(bit) => write!(f, "mark set mark or {bit:#010x}"),
             Action::MarkXor(bit) => write!(f, "mark set mark xor {bit:#010x}"),
@@ -384,7 +392,7 @@ pub enum ElemKey {
     ProtoPort(Protocol, u16),
     /// `30256` (health-check node ports).
     Port(u16),
-    /// `0-21845`: the slots of one endpoint in a slot map (first and last, inclusive).
+    /// `16384-21844`: the slots of one endpoint in a slot map (first and last, inclusive).
     Slots(u32, u32),
     /// `10.244.1.5 . 10.244.1.5`: an endpoint as both source and destination (hairpin).
     AddrPair(IpAddr),
@@ -427,16 +435,17 @@ impl fmt::Display for ElemValue {
     }
 }
 
-/// The number of slots of a slot map (`numgen random mod 65536`). Endpoint `i` of `n` owns the
-/// slots [`slots_of`] gives it, so the choice is even to within 1/65536 for any `n`.
-pub const SLOTS: u32 = 65536;
-
-/// The slots (first, last) of endpoint `i` of `n` in a slot map.
+/// The slots (first, last) of endpoint `i` of `n` within a block of [`SLOTS`].
 pub fn slots_of(i: usize, n: usize) -> (u32, u32) {
     let (i, n) = (i as u64, n.max(1) as u64);
     let first = i * u64::from(SLOTS) / n;
     let next = (i + 1) * u64::from(SLOTS) / n;
     (first as u32, (next - 1) as u32)
+}
+
+/// `numgen random mod 16384 offset <start>`: a random number in the block starting at `start`.
+fn slot_draw(start: u32) -> String {
+    format!("numgen random mod {SLOTS} offset {start}")
 }
 
 /// `ip` or `ip6`.
@@ -480,19 +489,24 @@ mod tests {
             "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
         );
         let n = Rule::new(Action::SlotVmap {
-            map: "service-X".into(),
+            start: 32768,
+            map: "affinity-endpoints-02".into(),
         });
-        assert_eq!(n.to_string(), "numgen random mod 65536 vmap @service-X");
+        assert_eq!(
+            n.to_string(),
+            "numgen random mod 16384 offset 32768 vmap @affinity-endpoints-02"
+        );
         let s = Rule::when(
             vec![Match::L4Proto(Protocol::Tcp)],
             Action::DnatSlots {
                 family: IpFamily::V6,
-                map: "service-X".into(),
+                start: 16384,
+                map: "endpoints-tcp-01".into(),
             },
         );
         assert_eq!(
             s.to_string(),
-            "meta l4proto tcp dnat ip6 to numgen random mod 65536 map @service-X"
+            "meta l4proto tcp dnat ip6 to numgen random mod 16384 offset 16384 map @endpoints-tcp-01"
         );
         let h = Match::AddrPairIn {
             family: IpFamily::V4,

@@ -3,7 +3,8 @@
 //! inside the braces, so the line number nft reports for a failure points at one object), and
 //! [`crate::netlink::Batch`] encodes the same transaction as one nf_tables netlink batch.
 
-use crate::rule::{ip_word, ElemKey, ElemValue, Rule, SLOTS};
+use crate::rule::{ip_word, ElemKey, ElemValue, Rule};
+use crate::slots::SLOTS;
 use kproxy_plugin_api::{Cidr, IpAddr, IpFamily, Protocol};
 use std::fmt::Write as _;
 
@@ -406,7 +407,7 @@ mod tests {
         };
         assert_eq!(
             slots.body(),
-            "typeof numgen random mod 65536 : ip daddr . udp dport ; flags interval ;"
+            "typeof numgen random mod 16384 : ip daddr . udp dport ; flags interval ;"
         );
     }
 }

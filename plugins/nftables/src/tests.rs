@@ -3,10 +3,11 @@
 
 use crate::{
     plan::{self, AffinitySnapshot, FamilyProgram},
-    render::{render_port, Container, FamilyCtx, PortObjects},
+    render::{policy_chains, render_port, Container, FamilyCtx, PortObjects},
     rule::ElemKey,
     sample::{self, PortBuilder},
     script::Script,
+    slots::SlotIds,
 };
 use kproxy_plugin_api::{
     IpFamily, IpMode, LocalDetectMode, NodeFacts, Protocol, ProxySettings, ProxyState, ServicePort,
@@ -22,10 +23,35 @@ fn ctx<'a>(family: IpFamily, settings: &'a ProxySettings, node: &'a NodeFacts) -
     }
 }
 
+/// Renders `sp` with slot blocks assigned as the planner assigns them.
+fn render(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects> {
+    let mut ids = SlotIds::default();
+    for chain in policy_chains(&sp.key) {
+        ids.ensure(&chain);
+    }
+    render_port(ctx, &ids, sp)
+}
+
+/// The slot elements of `objs` as `first-last : value`, with slots counted from the start of
+/// their block.
+fn slots(objs: &PortObjects, container_prefix: &str) -> Vec<String> {
+    objs.elements
+        .iter()
+        .filter(|e| e.container.name().starts_with(container_prefix))
+        .map(|e| match (&e.key, &e.value) {
+            (ElemKey::Slots(first, last), Some(v)) => {
+                let start = first - first % crate::slots::SLOTS;
+                format!("{}-{} : {v}", first - start, last - start)
+            }
+            other => panic!("not a slot element: {other:?}"),
+        })
+        .collect()
+}
+
 fn render4(sp: &ServicePort) -> PortObjects {
     let settings = sample::settings();
     let node = sample::node();
-    render_port(&ctx(IpFamily::V4, &settings, &node), sp).expect("has an IPv4 cluster IP")
+    render(&ctx(IpFamily::V4, &settings, &node), sp).expect("has an IPv4 cluster IP")
 }
 
 /// The element `key` (as nft writes it) of container `c`, its verdict as text.
@@ -74,30 +100,28 @@ fn cluster_ip_spreads_over_endpoints_and_masquerades_off_cluster_traffic() {
         rules[0],
         "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
     );
-    let service_chain = &objs.chains[0].name;
-    assert_eq!(
-        rules[1],
-        format!("meta l4proto tcp dnat ip to numgen random mod 65536 map @{service_chain}"),
-        "the choice is a named slot map, called like its chain"
+    assert!(
+        rules[1].starts_with("meta l4proto tcp dnat ip to numgen random mod 16384 offset ")
+            && rules[1].contains(" map @endpoints-tcp-"),
+        "the choice is a slot block of a shared map: {}",
+        rules[1]
     );
-    assert_eq!(objs.maps.len(), 1);
-    let map = &objs.maps[0];
-    assert_eq!(&map.name, service_chain);
-    let elements: Vec<String> = map
-        .elements
-        .iter()
-        .map(|(k, v)| format!("{k} : {v}"))
-        .collect();
     assert_eq!(
-        elements,
+        slots(&objs, "endpoints-tcp-"),
         [
-            "0-32767 : 10.244.1.5 . 8080",
-            "32768-65535 : 10.244.2.6 . 8080"
+            "0-8191 : 10.244.1.5 . 8080",
+            "8192-16383 : 10.244.2.6 . 8080"
         ]
     );
+    let map = objs
+        .elements
+        .iter()
+        .find(|e| matches!(e.key, ElemKey::Slots(..)))
+        .unwrap()
+        .container;
     assert_eq!(
-        map.spec().body(),
-        "typeof numgen random mod 65536 : ip daddr . tcp dport ; flags interval ;"
+        map.spec(IpFamily::V4, &map.name()).body(),
+        "typeof numgen random mod 16384 : ip daddr . tcp dport ; flags interval ;"
     );
     assert!(
         !objs.chains.iter().any(|c| c.name.starts_with("endpoint-")),
@@ -122,7 +146,7 @@ fn masquerade_all_marks_every_cluster_ip_connection() {
     let mut settings = sample::settings();
     settings.masquerade_all = true;
     let node = sample::node();
-    let objs = render_port(
+    let objs = render(
         &ctx(IpFamily::V4, &settings, &node),
         &web().endpoint("10.244.1.5", 8080, true).build(),
     )
@@ -140,13 +164,13 @@ fn local_detection_modes_become_matches() {
     let mut settings = sample::settings();
     settings.local_detect.mode = LocalDetectMode::InterfaceNamePrefix;
     settings.local_detect.interface = "veth".into();
-    let objs = render_port(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
+    let objs = render(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
     assert!(chain(&objs, "service-")[0].contains("iifname != \"veth*\" jump"));
     settings.local_detect.mode = LocalDetectMode::NodeCidr;
-    let objs = render_port(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
+    let objs = render(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
     assert!(chain(&objs, "service-")[0].contains("ip saddr != 10.244.1.0/24 jump"));
     settings.local_detect.mode = LocalDetectMode::None;
-    let objs = render_port(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
+    let objs = render(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
     assert!(
         chain(&objs, "service-")[0].starts_with("meta l4proto tcp dnat ip to numgen"),
         "no masquerade rule"
@@ -214,19 +238,18 @@ fn external_policy_local_keeps_sources_and_short_circuits_pods_and_the_node() {
     assert!(ext[2].starts_with("fib saddr type local goto service-"));
     assert!(ext[3].starts_with("goto local-"), "{}", ext[3]);
     // The local chain only has the local endpoint; the cluster chain has both.
-    let slots = |prefix: &str| -> Vec<String> {
-        let map = objs
-            .maps
-            .iter()
-            .find(|m| m.name.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no map {prefix}…"));
-        map.elements
-            .iter()
-            .map(|(k, v)| format!("{k} : {v}"))
-            .collect()
-    };
-    assert_eq!(slots("local-"), ["0-65535 : 10.244.1.5 . 8080"]);
-    assert_eq!(slots("service-").len(), 2);
+    // Three slot elements: the local chain's block has the local endpoint, the cluster
+    // chain's both.
+    let mut all = slots(&objs, "endpoints-tcp-");
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            "0-16383 : 10.244.1.5 . 8080",
+            "0-8191 : 10.244.1.5 . 8080",
+            "8192-16383 : 10.244.2.6 . 8080"
+        ]
+    );
 
     // No local endpoint: external traffic is dropped unless short-circuited.
     let objs = render4(
@@ -304,16 +327,18 @@ fn affinity_remembers_clients_per_endpoint() {
         .all(|s| s.timeout == 600 && s.name.starts_with("affinity-")));
     let svc = chain(&objs, "service-");
     assert!(svc[1].starts_with("ip saddr @affinity-") && svc[1].contains(" goto endpoint-"));
-    assert!(svc[3].starts_with("numgen random mod 65536 vmap @service-"));
-    let map = &objs.maps[0];
-    assert_eq!(
-        map.spec().body(),
-        "typeof numgen random mod 65536 : verdict ; flags interval ;"
+    assert!(
+        svc[3].starts_with("numgen random mod 16384 offset ")
+            && svc[3].contains(" vmap @endpoints-affinity-"),
+        "{}",
+        svc[3]
     );
-    assert!(map
-        .elements
-        .iter()
-        .all(|(_, v)| v.to_string().starts_with("goto endpoint-")));
+    let choices = slots(&objs, "endpoints-affinity-");
+    assert_eq!(choices.len(), 2);
+    assert!(
+        choices.iter().all(|c| c.contains(" : goto endpoint-")),
+        "{choices:?}"
+    );
     let ep = chain(&objs, "endpoint-");
     assert!(ep[0].starts_with("update @affinity-") && ep[0].ends_with("{ ip saddr }"));
     assert_eq!(ep[1], "meta l4proto tcp dnat to 10.244.1.5:8080");
@@ -337,27 +362,24 @@ fn ipv6_uses_ip6_matches_and_bracketed_dnat() {
     .endpoint("10.244.1.5", 5353, true)
     .endpoint("fd00:244:0:1::5", 5353, true)
     .build();
-    let v6 = render_port(&ctx(IpFamily::V6, &settings, &node), &sp).unwrap();
+    let v6 = render(&ctx(IpFamily::V6, &settings, &node), &sp).unwrap();
     assert!(element(&v6, Container::ServiceIps, "fd00:96::53 . udp . 53").is_some());
-    let elements: Vec<String> = v6.maps[0]
-        .elements
-        .iter()
-        .map(|(k, v)| format!("{k} : {v}"))
-        .collect();
     assert_eq!(
-        elements,
-        ["0-65535 : fd00:244:0:1::5 . 5353"],
+        slots(&v6, "endpoints-udp-"),
+        ["0-16383 : fd00:244:0:1::5 . 5353"],
         "only the IPv6 endpoint"
     );
     assert_eq!(
-        v6.maps[0].spec().body(),
-        "typeof numgen random mod 65536 : ip6 daddr . udp dport ; flags interval ;"
+        Container::Slots(crate::slots::SlotKind::Udp, 3)
+            .spec(IpFamily::V6, "m")
+            .body(),
+        "typeof numgen random mod 16384 : ip6 daddr . udp dport ; flags interval ;"
     );
     assert!(chain(&v6, "service-")[1]
-        .starts_with("meta l4proto udp dnat ip6 to numgen random mod 65536 map @service-"));
+        .starts_with("meta l4proto udp dnat ip6 to numgen random mod 16384 offset "));
     assert!(chain(&v6, "service-")[0].contains("ip6 saddr != fd00:244::/56"));
     // A single-stack IPv4 service is not in the IPv6 table.
-    assert!(render_port(&ctx(IpFamily::V6, &settings, &node), &web().build()).is_none());
+    assert!(render(&ctx(IpFamily::V6, &settings, &node), &web().build()).is_none());
 }
 
 #[test]

@@ -126,7 +126,8 @@ fn incremental_sync_ends_in_the_same_table_as_a_full_sync() {
         inc4_map.contains_key("map/service-ips")
             && inc4_map
                 .keys()
-                .filter(|k| k.starts_with("map/service-") || k.starts_with("map/local-"))
+                .filter(|k| k.starts_with("map/endpoints-")
+                    && inc4_map[k.as_str()].get("elem").is_some())
                 .count()
                 >= 3,
         "{inc4_map:?}"
