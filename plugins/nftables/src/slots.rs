@@ -138,7 +138,7 @@ mod tests {
         let mut many = SlotIds::default();
         for i in 0..50_000 {
             let id = many.ensure(&format!("service-{i}")).unwrap();
-            assert!(id >= 1 && id < MAX_IDS);
+            assert!((1..MAX_IDS).contains(&id));
             assert!(u64::from(block_start(id)) + u64::from(SLOTS) <= u64::from(u32::MAX));
         }
         assert_eq!(many.len(), 50_000);
