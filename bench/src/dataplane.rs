@@ -117,42 +117,64 @@ impl Dataplane for Nftables {
     }
 
     fn commit_floor(&self, lab: &Lab, samples: usize) -> anyhow::Result<Option<Vec<Duration>>> {
-        use kproxy_plugin_api::IpFamily;
+        use kproxy_plugin_api::{IpAddr, IpFamily, Protocol};
         use kproxy_plugin_nftables::{
             netlink::{Batch, NetlinkSocket},
-            rule::Rule,
-            script::Sink,
+            rule::{ElemKey, ElemValue},
+            script::{ElemRef, KeyType, SetSpec, SetValue, Sink},
         };
-        // One chain with one `goto` added (what any endpoint change adds: a jump makes the
-        // kernel re-validate the table), then removed; the first commit is timed.
+        // What an endpoint change writes: data elements of a service's slot map. A scratch
+        // slot map gets one endpoint element added (timed) and removed, `samples` times.
+        const FLOOR: &str = "kproxy-bench-floor";
         let times = lab.run_in(&Place::Node, move || -> anyhow::Result<Vec<Duration>> {
             let mut socket = NetlinkSocket::open().map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut names = 0;
+            let commit = |socket: &mut NetlinkSocket, b: Batch<'_>| {
+                socket.commit(b).map_err(|e| anyhow::anyhow!("{e}"))
+            };
+            let spec = SetSpec {
+                name: FLOOR,
+                key: KeyType::Slots,
+                value: SetValue::Endpoint(IpFamily::V4, Protocol::Tcp),
+                interval: true,
+                timeout: None,
+                comment: None,
+            };
+            let mut create = Batch::new(&mut names, false);
+            create.begin(IpFamily::V4, TABLE);
+            create.add_set(&spec);
+            commit(&mut socket, create)?;
+            let key = ElemKey::Slots(0, 65535);
+            let value = ElemValue::Endpoint(IpAddr::from(std::net::Ipv4Addr::new(10, 1, 2, 3)), 80);
             let mut out = Vec::with_capacity(samples);
             for _ in 0..samples {
                 let mut add = Batch::new(&mut names, false);
                 add.begin(IpFamily::V4, TABLE);
-                add.add_chain("kproxy-bench-floor");
-                add.add_rule("kproxy-bench-floor", &Rule::goto("reject-chain"));
+                add.add_elements(FLOOR, [ElemRef::new(&key, Some(&value))]);
                 let t = Instant::now();
-                socket.commit(add).map_err(|e| anyhow::anyhow!("{e}"))?;
+                commit(&mut socket, add)?;
                 out.push(t.elapsed());
                 let mut del = Batch::new(&mut names, false);
                 del.begin(IpFamily::V4, TABLE);
-                del.flush_chain("kproxy-bench-floor");
-                del.delete_chain("kproxy-bench-floor");
-                socket.commit(del).map_err(|e| anyhow::anyhow!("{e}"))?;
+                del.delete_elements(FLOOR, [ElemRef::new(&key, None)]);
+                commit(&mut socket, del)?;
             }
+            let mut drop_set = Batch::new(&mut names, false);
+            drop_set.begin(IpFamily::V4, TABLE);
+            drop_set.delete_set(FLOOR);
+            commit(&mut socket, drop_set)?;
             Ok(out)
         })??;
         Ok(Some(times))
     }
 
     fn is_change_commit(&self, g: &Generation, endpoint: Ipv4Addr) -> bool {
-        // Every endpoint has its own chain, `endpoint-<hash>-<ns>/<svc>/tcp/<port>__<ip>/<port>`,
-        // created or deleted with it (a not-ready endpoint leaves the service's choice).
-        let needle = format!("__{endpoint}/");
-        g.chains.iter().any(|c| c.contains(&needle))
+        // An endpoint change writes the elements of its service's slot map (`… : <ip> . <port>`)
+        // and of `hairpin-endpoints` (`<ip> . <ip>`): look for the address in them.
+        let octets = endpoint.octets();
+        g.elements
+            .iter()
+            .any(|(_, raw)| raw.windows(4).any(|w| w == octets))
     }
 }
 
