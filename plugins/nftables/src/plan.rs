@@ -216,6 +216,7 @@ pub fn plan_full(
                     s.add_rule(&chain.name, rule);
                 }
             }
+            write_slots(s, &objs.slots, true);
             for e in &objs.elements {
                 program.index.claim(&sp.key, e);
             }
@@ -299,6 +300,31 @@ pub fn plan_incremental(
         for e in u.new.iter().flat_map(|o| &o.elements) {
             program.index.claim(&u.key, e);
         }
+    }
+    // Slot elements belong to one port each: compare its old and new ones directly.
+    let mut gone_slots: Vec<Element> = Vec::new();
+    let mut new_slots: Vec<Element> = Vec::new();
+    for u in &updates {
+        let old: &[Element] = u.old.as_ref().map_or(&[], |o| &o.slots);
+        let new: &[Element] = u.new.as_ref().map_or(&[], |o| &o.slots);
+        let old_set: BTreeSet<(&Container, &ElemKey, &Option<ElemValue>)> = old
+            .iter()
+            .map(|e| (&e.container, &e.key, &e.value))
+            .collect();
+        let new_set: BTreeSet<(&Container, &ElemKey, &Option<ElemValue>)> = new
+            .iter()
+            .map(|e| (&e.container, &e.key, &e.value))
+            .collect();
+        gone_slots.extend(
+            old.iter()
+                .filter(|e| !new_set.contains(&(&e.container, &e.key, &e.value)))
+                .cloned(),
+        );
+        new_slots.extend(
+            new.iter()
+                .filter(|e| !old_set.contains(&(&e.container, &e.key, &e.value)))
+                .cloned(),
+        );
     }
     let mut delete_elements: BTreeMap<Container, Vec<&ElemKey>> = BTreeMap::new();
     let mut add_elements: BTreeMap<Container, Vec<(&ElemKey, Option<ElemValue>)>> = BTreeMap::new();
@@ -394,6 +420,7 @@ pub fn plan_incremental(
     for (c, keys) in &delete_elements {
         s.delete_elements(&c.name(), keys.iter().map(|k| ElemRef::new(k, None)));
     }
+    write_slots(s, &gone_slots, false);
     for name in &flush {
         s.flush_chain(name);
     }
@@ -421,5 +448,27 @@ pub fn plan_incremental(
             elements.iter().map(|(k, v)| ElemRef::new(k, v.as_ref())),
         );
     }
+    write_slots(s, &new_slots, true);
     s.objects() - objects_before
+}
+
+/// Adds (or deletes) slot elements, one `add element` per slot map they are in.
+fn write_slots(s: &mut impl Sink, slots: &[Element], add: bool) {
+    let mut by_map: BTreeMap<Container, Vec<&Element>> = BTreeMap::new();
+    for e in slots {
+        by_map.entry(e.container).or_default().push(e);
+    }
+    for (c, elements) in by_map {
+        let name = c.name();
+        if add {
+            s.add_elements(
+                &name,
+                elements
+                    .iter()
+                    .map(|e| ElemRef::new(&e.key, e.value.as_ref())),
+            );
+        } else {
+            s.delete_elements(&name, elements.iter().map(|e| ElemRef::new(&e.key, None)));
+        }
+    }
 }

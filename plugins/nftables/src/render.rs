@@ -256,8 +256,11 @@ pub struct PortObjects {
     pub chains: Vec<Chain>,
     /// ClientIP affinity sets.
     pub sets: Vec<AffinitySet>,
-    /// Map and set elements.
+    /// Map and set elements that several ports may share (claimed in [`crate::plan`]).
     pub elements: Vec<Element>,
+    /// The port's slot-map elements: its own blocks, shared with no one, so they are written
+    /// straight from the rendering rather than remembered element by element.
+    pub slots: Vec<Element>,
 }
 
 /// What rendering one family needs besides the service port itself.
@@ -782,7 +785,7 @@ pub fn render_port(ctx: &FamilyCtx<'_>, ids: &SlotIds, sp: &ServicePort) -> Opti
         }
     }
 
-    out.elements.append(&mut slot_elements);
+    out.slots = slot_elements;
 
     if let Some(name) = &external_chain {
         let mut rules = Vec::new();

@@ -35,7 +35,7 @@ fn render(ctx: &FamilyCtx<'_>, sp: &ServicePort) -> Option<PortObjects> {
 /// The slot elements of `objs` as `first-last : value`, with slots counted from the start of
 /// their block.
 fn slots(objs: &PortObjects, container_prefix: &str) -> Vec<String> {
-    objs.elements
+    objs.slots
         .iter()
         .filter(|e| e.container.name().starts_with(container_prefix))
         .map(|e| match (&e.key, &e.value) {
@@ -114,7 +114,7 @@ fn cluster_ip_spreads_over_endpoints_and_masquerades_off_cluster_traffic() {
         ]
     );
     let map = objs
-        .elements
+        .slots
         .iter()
         .find(|e| matches!(e.key, ElemKey::Slots(..)))
         .unwrap()
