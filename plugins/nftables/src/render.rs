@@ -11,11 +11,11 @@
 use crate::{
     names::{self, Kind},
     rule::{
-        slots_of, Action, AddrItem, AddrValue, Dir, ElemKey, ElemValue, Match, PortValue, Reject,
-        Rule, Verdict, VmapKey,
+        Action, AddrItem, AddrValue, Dir, ElemKey, ElemValue, Match, PortValue, Reject, Rule,
+        Verdict, VmapKey,
     },
     script::{ElemRef, KeyType, SetKey, SetSpec, SetValue, Sink},
-    slots::{block_start, shard_of, SlotIds, SlotKind, SHARDS},
+    slots::{block_start, shard_of, slots_of, SlotIds, SlotKind, SHARDS},
 };
 use kproxy_plugin_api::{
     Cidr, Endpoint, FamilyView, IpAddr, IpFamily, LocalDetectMode, NodeFacts, Protocol,

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-/// The slots of one block: endpoint `i` of `n` gets [`crate::rule::slots_of`]`(i, n)` of them,
+/// The slots of one block: endpoint `i` of `n` gets [`slots_of`]`(i, n)` of them,
 /// so the choice is even to within 1/16384 whatever `n` is.
 pub const SLOTS: u32 = 16384;
 
@@ -107,6 +107,14 @@ impl SlotIds {
     }
 }
 
+/// The slots (first, last) of endpoint `i` of `n` within a block of [`SLOTS`].
+pub fn slots_of(i: usize, n: usize) -> (u32, u32) {
+    let (i, n) = (i as u64, n.max(1) as u64);
+    let first = i * u64::from(SLOTS) / n;
+    let next = (i + 1) * u64::from(SLOTS) / n;
+    (first as u32, (next - 1) as u32)
+}
+
 /// The first number of block `id`.
 pub fn block_start(id: u32) -> u32 {
     id * SLOTS
@@ -142,5 +150,23 @@ mod tests {
             assert!(u64::from(block_start(id)) + u64::from(SLOTS) <= u64::from(u32::MAX));
         }
         assert_eq!(many.len(), 50_000);
+    }
+
+    #[test]
+    fn slots_cover_every_slot_once_and_evenly() {
+        for n in 1..=70usize {
+            let mut next = 0u32;
+            let mut sizes = Vec::new();
+            for i in 0..n {
+                let (first, last) = slots_of(i, n);
+                assert_eq!(first, next, "endpoint {i} of {n} starts where {} ended", i);
+                assert!(last >= first);
+                sizes.push(last - first + 1);
+                next = last + 1;
+            }
+            assert_eq!(next, SLOTS, "{n} endpoints cover every slot");
+            let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(max - min <= 1, "{n} endpoints: slots {min}..{max}");
+        }
     }
 }
