@@ -19,8 +19,8 @@ pub enum KeyType {
     ProtoPort,
     /// `inet_service`.
     Port,
-    /// `typeof numgen random mod 65536` (interval): the slots of an even random choice
-    /// ([`crate::rule::SLOTS`]).
+    /// `typeof numgen random mod 16384` (interval): slot blocks of an even random choice
+    /// ([`crate::slots`]).
     Slots,
     /// `ipv4_addr . ipv4_addr`: a source and destination pair.
     AddrPair(IpFamily),
