@@ -1180,7 +1180,7 @@ impl Sink for Batch<'_> {
         };
         let mut items: Vec<(u8, &[u8])> = vec![(UDATA_SET_KEYBYTEORDER, &order)];
         if !key_typeof.is_empty() {
-            // As nft writes `typeof numgen random mod 65536 : verdict` (or `: ip daddr . …`).
+            // As nft writes `typeof numgen random mod 16384 : verdict` (or `: ip daddr . …`).
             items.push((UDATA_SET_DATABYTEORDER, &zero));
             items.push((UDATA_SET_KEY_TYPEOF, &key_typeof));
             items.push((UDATA_SET_DATA_TYPEOF, &data_typeof));
