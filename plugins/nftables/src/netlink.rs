@@ -776,6 +776,10 @@ impl<'n> Batch<'n> {
                 e.bitwise(REG_1, &bit.to_ne_bytes(), &0u32.to_ne_bytes());
                 e.cmp(REG_1, false, &0u32.to_ne_bytes());
             }
+            Match::KeyIn { key, set } => {
+                load_key(e, *key);
+                e.lookup(REG_1, set, None, None, false);
+            }
             Match::AddrPairIn { family, set } => {
                 let (src, len) = addr_offset(*family, Dir::Src);
                 let (dst, _) = addr_offset(*family, Dir::Dst);
@@ -790,19 +794,7 @@ impl<'n> Batch<'n> {
         match a {
             Action::Verdict(v) => e.immediate_verdict(v),
             Action::Vmap { key, map } => {
-                match key {
-                    VmapKey::DaddrProtoPort(fam) => {
-                        let (off, len) = addr_offset(*fam, Dir::Dst);
-                        e.payload(1, off, len, REG_1);
-                        let next = REG32_00 + len / 4;
-                        e.meta_load(META_L4PROTO, next);
-                        e.payload(2, 2, 2, next + 1);
-                    }
-                    VmapKey::ProtoPort => {
-                        e.meta_load(META_L4PROTO, REG_1);
-                        e.payload(2, 2, 2, REG32_00 + 1);
-                    }
-                }
+                load_key(e, *key);
                 e.lookup(REG_1, map, None, Some(REG_VERDICT), false);
             }
             Action::SlotVmap { start, map } => {
@@ -875,6 +867,24 @@ fn addr_offset(family: IpFamily, dir: Dir) -> (u32, u32) {
         (IpFamily::V4, Dir::Dst) => (16, 4),
         (IpFamily::V6, Dir::Src) => (8, 16),
         (IpFamily::V6, Dir::Dst) => (24, 16),
+    }
+}
+
+/// Loads a dispatch key (`ip daddr . meta l4proto . th dport`, …) into the registers from
+/// `REG_1` on, as concatenated keys are laid out: each part from a fresh 32-bit register.
+fn load_key(e: &mut Exprs, key: VmapKey) {
+    match key {
+        VmapKey::DaddrProtoPort(fam) => {
+            let (off, len) = addr_offset(fam, Dir::Dst);
+            e.payload(1, off, len, REG_1);
+            let next = REG32_00 + len / 4;
+            e.meta_load(META_L4PROTO, next);
+            e.payload(2, 2, 2, next + 1);
+        }
+        VmapKey::ProtoPort => {
+            e.meta_load(META_L4PROTO, REG_1);
+            e.payload(2, 2, 2, REG32_00 + 1);
+        }
     }
 }
 

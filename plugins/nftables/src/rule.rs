@@ -159,6 +159,14 @@ pub enum Match {
     CtStateNew,
     /// `mark and <bit> == 0`.
     MarkClear(u32),
+    /// `ip daddr . meta l4proto . th dport @<set>`, `meta l4proto . th dport @<set>`: the
+    /// packet's destination is in a named set (the same keys a verdict map looks up).
+    KeyIn {
+        /// What is looked up.
+        key: VmapKey,
+        /// The set.
+        set: String,
+    },
     /// `ip saddr . ip daddr @<set>`: the source and destination pair is in a named set.
     AddrPairIn {
         /// The family (`ip` or `ip6`).
@@ -200,6 +208,7 @@ impl fmt::Display for Match {
             Match::FibLocal(dir) => write!(f, "fib {} type local", dir.word()),
             Match::CtStateNew => f.write_str("ct state new"),
             Match::MarkClear(bit) => write!(f, "mark and {bit:#010x} == 0"),
+            Match::KeyIn { key, set } => write!(f, "{key} @{set}"),
             Match::AddrPairIn { family, set } => {
                 let ip = ip_word(*family);
                 write!(f, "{ip} saddr . {ip} daddr @{set}")
@@ -215,6 +224,17 @@ pub enum VmapKey {
     DaddrProtoPort(IpFamily),
     /// `meta l4proto . th dport`.
     ProtoPort,
+}
+
+impl fmt::Display for VmapKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmapKey::DaddrProtoPort(fam) => {
+                write!(f, "{} daddr . meta l4proto . th dport", ip_word(*fam))
+            }
+            VmapKey::ProtoPort => f.write_str("meta l4proto . th dport"),
+        }
+    }
 }
 
 /// How a packet is rejected.
@@ -288,14 +308,7 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::Verdict(v) => v.fmt(f),
-            Action::Vmap { key, map } => match key {
-                VmapKey::DaddrProtoPort(fam) => write!(
-                    f,
-                    "{} daddr . meta l4proto . th dport vmap @{map}",
-                    ip_word(*fam)
-                ),
-                VmapKey::ProtoPort => write!(f, "meta l4proto . th dport vmap @{map}"),
-            },
+            Action::Vmap { key, map } => write!(f, "{key} vmap @{map}"),
             Action::SlotVmap { start, map } => {
                 write!(f, "{} vmap @{map}", slot_draw(*start))
             }
@@ -505,6 +518,11 @@ mod tests {
             set: "hairpin".into(),
         };
         assert_eq!(h.to_string(), "ip saddr . ip daddr @hairpin");
+        let k = Match::KeyIn {
+            key: VmapKey::DaddrProtoPort(IpFamily::V6),
+            set: "gone".into(),
+        };
+        assert_eq!(k.to_string(), "ip6 daddr . meta l4proto . th dport @gone");
         assert_eq!(ElemKey::Slots(0, 21844).to_string(), "0-21844");
         let d = Rule::when(
             vec![Match::L4Proto(Protocol::Udp)],

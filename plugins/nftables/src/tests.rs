@@ -3,7 +3,7 @@
 
 use crate::{
     plan::{self, AffinitySnapshot, FamilyProgram},
-    render::{policy_chains, render_port, Container, FamilyCtx, PortObjects},
+    render::{policy_chains, render_port, Container, FamilyCtx, NoEndpoint, PortObjects},
     rule::ElemKey,
     sample::{self, PortBuilder},
     script::Script,
@@ -135,10 +135,10 @@ fn cluster_ip_spreads_over_endpoints_and_masquerades_off_cluster_traffic() {
         );
     }
     // Nothing is rejected or dropped for a service with endpoints.
-    assert!(!objs
-        .elements
-        .iter()
-        .any(|e| e.container == Container::NoEndpointServices));
+    assert!(!objs.elements.iter().any(|e| matches!(
+        e.container,
+        Container::NoEndpointServices(_) | Container::NoEndpointNodePorts(_)
+    )));
 }
 
 #[test]
@@ -179,18 +179,41 @@ fn local_detection_modes_become_matches() {
 
 #[test]
 fn no_endpoints_rejects_and_local_policy_without_local_endpoints_drops() {
+    let reject = Container::NoEndpointServices(NoEndpoint::Reject);
     let objs = render4(&web().node_port(30080).external_ip("203.0.113.7").build());
-    assert!(objs.chains.is_empty());
     for key in ["10.96.0.10 . tcp . 80", "203.0.113.7 . tcp . 80"] {
-        assert_eq!(
-            element(&objs, Container::NoEndpointServices, key),
-            Some(Some("goto reject-chain".into()))
-        );
+        assert_eq!(element(&objs, reject, key), Some(None));
     }
     assert_eq!(
-        element(&objs, Container::NoEndpointNodePorts, "tcp . 30080"),
-        Some(Some("goto reject-chain".into()))
+        element(
+            &objs,
+            Container::NoEndpointNodePorts(NoEndpoint::Reject),
+            "tcp . 30080"
+        ),
+        Some(None)
     );
+    assert!(objs.slots.is_empty());
+
+    // The last endpoint going (or coming back) changes only plain data: the same chains, rules
+    // and verdict elements, so the kernel need not re-validate the table.
+    let one = render4(
+        &web()
+            .node_port(30080)
+            .external_ip("203.0.113.7")
+            .endpoint("10.244.1.5", 8080, true)
+            .build(),
+    );
+    assert_eq!(one.chains, objs.chains);
+    let verdicts = |o: &PortObjects| {
+        o.elements
+            .iter()
+            .filter(|e| e.value.is_some())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(verdicts(&one), verdicts(&objs));
+    assert_eq!(element(&one, reject, "10.96.0.10 . tcp . 80"), None);
+    assert_eq!(slots(&one, "endpoints-tcp-").len(), 1);
 
     let objs = render4(
         &web()
@@ -201,12 +224,18 @@ fn no_endpoints_rejects_and_local_policy_without_local_endpoints_drops() {
     assert_eq!(
         element(
             &objs,
-            Container::NoEndpointServices,
+            Container::NoEndpointServices(NoEndpoint::Drop),
             "10.96.0.10 . tcp . 80"
         ),
-        Some(Some("drop".into()))
+        Some(None)
     );
-    assert!(element(&objs, Container::ServiceIps, "10.96.0.10 . tcp . 80").is_none());
+    let to_local = element(&objs, Container::ServiceIps, "10.96.0.10 . tcp . 80");
+    assert!(
+        to_local
+            .as_ref()
+            .is_some_and(|v| v.as_ref().unwrap().starts_with("goto local-")),
+        "the cluster IP goes to the (empty) local chain: {to_local:?}"
+    );
 }
 
 #[test]
@@ -260,13 +289,18 @@ fn external_policy_local_keeps_sources_and_short_circuits_pods_and_the_node() {
             .build(),
     );
     assert_eq!(
-        element(&objs, Container::NoEndpointNodePorts, "tcp . 30080"),
-        Some(Some("drop".into()))
+        element(
+            &objs,
+            Container::NoEndpointNodePorts(NoEndpoint::Drop),
+            "tcp . 30080"
+        ),
+        Some(None)
     );
     assert!(element(&objs, Container::ServiceNodePorts, "tcp . 30080").is_some());
-    assert!(!chain(&objs, "external-")
-        .iter()
-        .any(|r| r.starts_with("goto local-")));
+    assert!(
+        slots(&objs, "endpoints-tcp-").len() == 1,
+        "only the cluster chain has a slot element"
+    );
 }
 
 #[test]

@@ -163,7 +163,7 @@ fn a_full_sync_puts_a_hand_edited_table_right() {
             "add element ip kproxy service-ips { 10.96.9.9 . tcp . 80 : drop }",
             "add chain ip kproxy intruder",
             "delete chain ip kproxy reject-chain",
-            "flush map ip kproxy no-endpoint-services",
+            "flush set ip kproxy no-endpoint-services-reject",
         ] {
             let (ok, _, err) = ns.try_exec(&["nft", edit]);
             // Deleting a chain that is still referenced is refused by the kernel; the others
