@@ -147,6 +147,9 @@ fn incremental(dp: &mut NftablesDataplane, state: &kproxy_plugin_api::ProxyState
         current = next;
     }
     times.sort_by(f64::total_cmp);
+    if times.is_empty() {
+        return;
+    }
     println!(
         "incremental one-endpoint sync: p50 {:.1} ms, max {:.1} ms ({n} runs)",
         times[times.len() / 2],
