@@ -5,7 +5,44 @@
 
 use kproxy_plugin_api::{ChangeSet, Plugin};
 use kproxy_plugin_nftables::{plan, render::FamilyCtx, sample, NftablesDataplane};
-use std::{fs::File, os::fd::AsRawFd, process::Command, time::Instant};
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
+
+/// Counts live heap bytes and their peak, so the figures say what the plugin itself holds
+/// (its program) and needs at most during a sync, apart from the state it is given.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed straight to the system allocator; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(live, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+/// Live heap in MB, and the peak since the last call.
+fn heap_mb() -> (f64, f64) {
+    let live = LIVE.load(Ordering::Relaxed);
+    let peak = PEAK.swap(live, Ordering::Relaxed);
+    (live as f64 / 1e6, peak as f64 / 1e6)
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -34,7 +71,9 @@ fn run(ns: &str, services: usize, endpoints: usize) {
 
     let mut settings = sample::settings();
     settings.ipv6 = false;
+    let (empty, _) = heap_mb();
     let state = sample::many_services(services, endpoints);
+    println!("the state: {:.1} MB of heap", heap_mb().0 - empty);
     let node = sample::node();
     let ctx = FamilyCtx {
         family: kproxy_plugin_api::IpFamily::V4,
@@ -55,14 +94,23 @@ fn run(ns: &str, services: usize, endpoints: usize) {
     {
         use kproxy_plugin_nftables::{netlink::Batch, script::Sink as _};
         let mut names = 0;
+        let (before, _) = heap_mb();
         let mut batch = Batch::new(&mut names, false);
         let t = Instant::now();
-        let _ = plan::plan_full(&[ctx], &[], &state, &Default::default(), &mut batch);
+        let programs = plan::plan_full(&[ctx], &[], &state, &Default::default(), &mut batch);
+        let took = t.elapsed();
+        let (with_batch, peak) = heap_mb();
+        drop(programs);
+        let (batch_only, _) = heap_mb();
         println!(
-            "netlink batch: {} KiB, {} objects; planned and encoded in {:.1} ms",
+            "netlink batch: {} KiB, {} objects; planned and encoded in {:.1} ms; heap: batch \
+             {:.1} MB, program {:.1} MB, planning peak {:.1} MB",
             batch.len() / 1024,
             batch.objects(),
-            t.elapsed().as_secs_f64() * 1e3
+            took.as_secs_f64() * 1e3,
+            batch_only - before,
+            with_batch - batch_only,
+            peak - before
         );
     }
 
@@ -87,11 +135,17 @@ fn run(ns: &str, services: usize, endpoints: usize) {
         .and_then(|v| v.parse().ok());
     let rounds = if only_incremental.is_some() { 1 } else { 3 };
     for round in 0..rounds {
+        let (before, _) = heap_mb();
         let t = Instant::now();
         dp.sync(&state, &full).unwrap();
+        let took = t.elapsed();
+        let (after, peak) = heap_mb();
         println!(
-            "full sync (render + kernel) #{round}: {:.1} ms",
-            t.elapsed().as_secs_f64() * 1e3
+            "full sync (render + kernel) #{round}: {:.1} ms; heap: the plugin keeps {:.1} MB, \
+             needs {:.1} MB more at most",
+            took.as_secs_f64() * 1e3,
+            after - before,
+            peak - before
         );
     }
     if let Some(n) = only_incremental {

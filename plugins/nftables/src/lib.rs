@@ -14,6 +14,7 @@
 //! The plugin's README describes the table and how to inspect it.
 
 pub mod config;
+pub mod index;
 pub mod names;
 pub mod netlink;
 pub mod nft;

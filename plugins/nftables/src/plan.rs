@@ -16,57 +16,7 @@ use crate::{
 use kproxy_plugin_api::{IpAddr, IpFamily, ProxyState, ServicePort, ServicePortKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// Which service port claims each element. Shared elements (the cluster IP of a service with two
-/// ports, its health-check port) stay until the last claimant goes; conflicting claims (two
-/// services listing the same external IP and port) resolve to the smallest service port key, in
-/// full and incremental syncs alike, instead of failing the whole transaction.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ElementIndex {
-    claims: BTreeMap<(Container, ElemKey), BTreeMap<ServicePortKey, Option<ElemValue>>>,
-}
-
-impl ElementIndex {
-    /// The element as it is in the kernel: `None` when absent, else its value.
-    pub fn effective(&self, container: Container, key: &ElemKey) -> Option<&Option<ElemValue>> {
-        self.claims
-            .get(&(container, key.clone()))
-            .and_then(|owners| owners.values().next())
-    }
-
-    fn claim(&mut self, owner: &ServicePortKey, e: &Element) {
-        self.claims
-            .entry((e.container, e.key.clone()))
-            .or_default()
-            .insert(owner.clone(), e.value.clone());
-    }
-
-    fn release(&mut self, owner: &ServicePortKey, e: &Element) {
-        let slot = (e.container, e.key.clone());
-        if let Some(owners) = self.claims.get_mut(&slot) {
-            owners.remove(owner);
-            if owners.is_empty() {
-                self.claims.remove(&slot);
-            }
-        }
-    }
-
-    /// Every element as it is in the kernel, sorted by container and key.
-    pub fn elements(&self) -> impl Iterator<Item = (Container, &ElemKey, &Option<ElemValue>)> {
-        self.claims
-            .iter()
-            .filter_map(|((c, k), owners)| owners.values().next().map(|v| (*c, k, v)))
-    }
-
-    /// The number of distinct elements.
-    pub fn len(&self) -> usize {
-        self.claims.len()
-    }
-
-    /// Whether there are no elements.
-    pub fn is_empty(&self) -> bool {
-        self.claims.is_empty()
-    }
-}
+pub use crate::index::ElementIndex;
 
 /// What one family's table holds after the last successful sync.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
