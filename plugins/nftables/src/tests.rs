@@ -3,10 +3,12 @@
 
 use crate::{
     plan::{self, AffinitySnapshot, FamilyProgram},
-    render::{policy_chains, render_port, Container, FamilyCtx, NoEndpoint, PortObjects},
+    render::{
+        policy_chains, render_globals, render_port, Container, FamilyCtx, NoEndpoint, PortObjects,
+    },
     rule::ElemKey,
     sample::{self, PortBuilder},
-    script::Script,
+    script::{Script, Sink as _},
     slots::SlotIds,
 };
 use kproxy_plugin_api::{
@@ -45,6 +47,21 @@ fn slots(objs: &PortObjects, container_prefix: &str) -> Vec<String> {
             }
             other => panic!("not a slot element: {other:?}"),
         })
+        .collect()
+}
+
+/// The rules of the `services` chain (the dispatch, and the masquerade rule for cluster IPs)
+/// as `render_globals` writes them for `family` under `settings`.
+fn services_rules(family: IpFamily, settings: &ProxySettings) -> Vec<String> {
+    let node = sample::node();
+    let mut text = String::new();
+    let mut s = Script::empty(&mut text);
+    s.begin(family, "kproxy");
+    render_globals(&ctx(family, settings, &node), &mut s);
+    let prefix = format!("add rule {} kproxy services ", crate::rule::ip_word(family));
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(str::to_string)
         .collect()
 }
 
@@ -96,15 +113,17 @@ fn cluster_ip_spreads_over_endpoints_and_masquerades_off_cluster_traffic() {
     assert!(verdict.starts_with("goto service-"), "{verdict}");
     assert!(verdict.ends_with("-default/web/tcp/http"), "{verdict}");
     let rules = chain(&objs, "service-");
-    assert_eq!(
-        rules[0],
-        "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
-    );
+    assert_eq!(rules.len(), 1, "{rules:#?}");
     assert!(
-        rules[1].starts_with("meta l4proto tcp dnat ip to numgen random mod 16384 offset ")
-            && rules[1].contains(" map @endpoints-tcp-"),
+        rules[0].starts_with("meta l4proto tcp dnat ip to numgen random mod 16384 offset ")
+            && rules[0].contains(" map @endpoints-tcp-"),
         "the choice is a slot block of a shared map: {}",
-        rules[1]
+        rules[0]
+    );
+    // Off-cluster traffic to any cluster IP is masqueraded, before the dispatch.
+    assert_eq!(
+        services_rules(IpFamily::V4, &sample::settings())[0],
+        "ip daddr @cluster-ips ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
     );
     assert_eq!(
         slots(&objs, "endpoints-tcp-"),
@@ -145,35 +164,25 @@ fn cluster_ip_spreads_over_endpoints_and_masquerades_off_cluster_traffic() {
 fn masquerade_all_marks_every_cluster_ip_connection() {
     let mut settings = sample::settings();
     settings.masquerade_all = true;
-    let node = sample::node();
-    let objs = render(
-        &ctx(IpFamily::V4, &settings, &node),
-        &web().endpoint("10.244.1.5", 8080, true).build(),
-    )
-    .unwrap();
     assert_eq!(
-        chain(&objs, "service-")[0],
-        "ip daddr 10.96.0.10 tcp dport 80 jump mark-for-masquerade"
+        services_rules(IpFamily::V4, &settings)[0],
+        "ip daddr @cluster-ips jump mark-for-masquerade"
     );
 }
 
 #[test]
 fn local_detection_modes_become_matches() {
-    let node = sample::node();
-    let sp = web().endpoint("10.244.1.5", 8080, true).build();
     let mut settings = sample::settings();
     settings.local_detect.mode = LocalDetectMode::InterfaceNamePrefix;
     settings.local_detect.interface = "veth".into();
-    let objs = render(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
-    assert!(chain(&objs, "service-")[0].contains("iifname != \"veth*\" jump"));
+    assert!(services_rules(IpFamily::V4, &settings)[0].contains("iifname != \"veth*\" jump"));
     settings.local_detect.mode = LocalDetectMode::NodeCidr;
-    let objs = render(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
-    assert!(chain(&objs, "service-")[0].contains("ip saddr != 10.244.1.0/24 jump"));
+    assert!(services_rules(IpFamily::V4, &settings)[0].contains("ip saddr != 10.244.1.0/24 jump"));
     settings.local_detect.mode = LocalDetectMode::None;
-    let objs = render(&ctx(IpFamily::V4, &settings, &node), &sp).unwrap();
     assert!(
-        chain(&objs, "service-")[0].starts_with("meta l4proto tcp dnat ip to numgen"),
-        "no masquerade rule"
+        services_rules(IpFamily::V4, &settings)[0].contains(" vmap @service-ips"),
+        "no masquerade rule: {:?}",
+        services_rules(IpFamily::V4, &settings)
     );
 }
 
@@ -360,12 +369,12 @@ fn affinity_remembers_clients_per_endpoint() {
         .iter()
         .all(|s| s.timeout == 600 && s.name.starts_with("affinity-")));
     let svc = chain(&objs, "service-");
-    assert!(svc[1].starts_with("ip saddr @affinity-") && svc[1].contains(" goto endpoint-"));
+    assert!(svc[0].starts_with("ip saddr @affinity-") && svc[0].contains(" goto endpoint-"));
     assert!(
-        svc[3].starts_with("numgen random mod 16384 offset ")
-            && svc[3].contains(" vmap @endpoints-affinity-"),
+        svc[2].starts_with("numgen random mod 16384 offset ")
+            && svc[2].contains(" vmap @endpoints-affinity-"),
         "{}",
-        svc[3]
+        svc[2]
     );
     let choices = slots(&objs, "endpoints-affinity-");
     assert_eq!(choices.len(), 2);
@@ -409,9 +418,10 @@ fn ipv6_uses_ip6_matches_and_bracketed_dnat() {
             .body(),
         "typeof numgen random mod 16384 : ip6 daddr . udp dport ; flags interval ;"
     );
-    assert!(chain(&v6, "service-")[1]
+    assert!(chain(&v6, "service-")[0]
         .starts_with("meta l4proto udp dnat ip6 to numgen random mod 16384 offset "));
-    assert!(chain(&v6, "service-")[0].contains("ip6 saddr != fd00:244::/56"));
+    assert!(services_rules(IpFamily::V6, &settings)[0]
+        .starts_with("ip6 daddr @cluster-ips ip6 saddr != fd00:244::/56 jump"));
     // A single-stack IPv4 service is not in the IPv6 table.
     assert!(render(&ctx(IpFamily::V6, &settings, &node), &web().build()).is_none());
 }
