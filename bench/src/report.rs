@@ -51,8 +51,8 @@ fn change_floor_text(name: &str) -> &'static str {
         "reference: the smallest `iptables-restore --noflush -w` of that kind (one chain with \
          one jump) on the same tables, process start included"
     } else {
-        "reference: the kernel's own time for the smallest commit of that kind (one chain \
-         with a goto) on the same table"
+        "reference: the kernel's own time for the smallest commit of that kind (one endpoint \
+         element added to a slot map) on the same table"
     }
 }
 

@@ -83,8 +83,9 @@ pub struct ScaleResult {
     pub lost: usize,
     /// Commits seen that were not the change waited for.
     pub other_commits: usize,
-    /// The kernel's own time for the smallest commit of the kind a change makes (one chain
-    /// with a `goto`), with the same rules in place: the floor under a change's latency.
+    /// The kernel's own time for the smallest commit of the kind a change makes (for nftables
+    /// one slot-map element, for iptables one chain with one jump), with the same rules in
+    /// place: the floor under a change's latency.
     pub commit_floor: Vec<Duration>,
     /// The daemon's peak resident memory, KiB.
     pub vm_hwm_kib: u64,
