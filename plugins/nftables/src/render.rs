@@ -577,21 +577,15 @@ pub fn render_globals(ctx: &FamilyCtx<'_>, s: &mut impl Sink) {
                 Action::Verdict(what.verdict()),
             ),
         );
+        let mut node_port = vec![ctx.no_localhost()];
+        node_port.extend(node_ips.iter().cloned());
+        node_port.push(Match::KeyIn {
+            key: VmapKey::ProtoPort,
+            set: Container::NoEndpointNodePorts(what).name().into(),
+        });
         s.add_rule(
             NODEPORT_ENDPOINTS_CHECK,
-            &Rule::when(
-                with(
-                    vec![ctx.no_localhost()],
-                    &with(
-                        node_ips.clone(),
-                        &[Match::KeyIn {
-                            key: VmapKey::ProtoPort,
-                            set: Container::NoEndpointNodePorts(what).name().into(),
-                        }],
-                    ),
-                ),
-                Action::Verdict(what.verdict()),
-            ),
+            &Rule::when(node_port, Action::Verdict(what.verdict())),
         );
     }
     s.add_rule(FIREWALL_CHECK, &daddr_vmap(Container::FirewallIps));
