@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `KPIPT_DUMP=path` writes the first full sync's restore input to `path` instead of syncing,
-//! to time `iptables-restore` on its own.
+//! to time `iptables-restore` on its own. `KPIPT_CHAINS_PER_COMMIT=n` sets how many chains one
+//! iptables-nft transaction declares at most (how `NFT_CHAINS_PER_COMMIT` was chosen).
 
 use kproxy_dataplane_common::sample;
 use kproxy_plugin_api::{ChangeSet, HostContext, IpFamily, Plugin};
@@ -32,7 +33,16 @@ fn main() {
     };
     let t = Instant::now();
     let desired = desired_ruleset(&settings, &state, IpFamily::V4, mode, false);
-    let input = ruleset::full_restore(&desired, &Default::default());
+    let per_commit: usize = std::env::var("KPIPT_CHAINS_PER_COMMIT")
+        .map_or(ruleset::NFT_CHAINS_PER_COMMIT, |v| {
+            v.parse().expect("KPIPT_CHAINS_PER_COMMIT")
+        });
+    let commits = if backend == "nft" {
+        ruleset::Commits::Chains(per_commit)
+    } else {
+        ruleset::Commits::PerTable
+    };
+    let input = ruleset::full_restore(&desired, &Default::default(), commits);
     println!(
         "{services} services x {endpoints} endpoints ({dispatch}): {} chains, {} rules, input {} KiB; render {:.0} ms",
         desired.tables.values().map(|t| t.len()).sum::<usize>(),
@@ -63,6 +73,7 @@ fn main() {
                 node: sample::node(),
             };
             let mut dp = IptablesDataplane::new(&ctx).expect("dataplane");
+            dp.set_nft_chains_per_commit(per_commit);
             let full = ChangeSet {
                 full: true,
                 changed: Default::default(),

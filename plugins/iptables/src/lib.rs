@@ -34,7 +34,7 @@ use kproxy_plugin_api::{
 };
 use render::{FamilyCtx, PortRules};
 use restore::Tool;
-use ruleset::{Ruleset, Saved};
+use ruleset::{Commits, Ruleset, Saved};
 use std::collections::BTreeMap;
 
 /// Counters reported through [`Plugin::stats`].
@@ -85,6 +85,8 @@ pub struct IptablesDataplane {
     node: Option<NodeFacts>,
     /// See [`LARGE_NFT_TABLE`].
     large_nft_table: usize,
+    /// Chains per transaction on iptables-nft ([`ruleset::NFT_CHAINS_PER_COMMIT`]).
+    nft_chains_per_commit: usize,
     counters: Counters,
 }
 
@@ -103,6 +105,7 @@ impl IptablesDataplane {
             programs: None,
             node: None,
             large_nft_table: LARGE_NFT_TABLE,
+            nft_chains_per_commit: ruleset::NFT_CHAINS_PER_COMMIT,
             counters: Counters::default(),
         }
     }
@@ -111,6 +114,20 @@ impl IptablesDataplane {
     /// rather than `iptables-save` ([`LARGE_NFT_TABLE`] by default); for tests and benchmarks.
     pub fn set_large_nft_table(&mut self, chains: usize) {
         self.large_nft_table = chains;
+    }
+
+    /// Sets how many chains one transaction declares at most on iptables-nft
+    /// ([`ruleset::NFT_CHAINS_PER_COMMIT`] by default); for tests and benchmarks.
+    pub fn set_nft_chains_per_commit(&mut self, chains: usize) {
+        self.nft_chains_per_commit = chains;
+    }
+
+    /// How this plugin's restores on `backend` are cut into transactions.
+    fn commits(&self, backend: Backend) -> Commits {
+        match backend {
+            Backend::Nft => Commits::Chains(self.nft_chains_per_commit),
+            Backend::Legacy => Commits::PerTable,
+        }
     }
 
     /// The counters so far.
@@ -208,8 +225,8 @@ impl IptablesDataplane {
             }
             Err(e) => {
                 self.counters.failed_syncs += 1;
-                // Each table of a restore is atomic, so the kernel holds either the old or the
-                // new rules of a table; which, the memory cannot tell: start over in full.
+                // Each transaction of a restore is atomic, so the kernel holds either the old or
+                // the new rules of each; which, the memory cannot tell: start over in full.
                 self.programs = None;
                 tracing::warn!(error = %e, "iptables sync failed; the next sync will be full");
             }
@@ -223,6 +240,7 @@ impl IptablesDataplane {
         changes: &ChangeSet,
     ) -> Result<SyncReport, PluginError> {
         let tool = self.tool();
+        let commits = self.commits(tool.backend());
         let liberal = self.prepare(&state.node)?;
         let (enabled, disabled) = self.families();
         let tree = self.config.dispatch == DispatchMode::Tree;
@@ -260,7 +278,7 @@ impl IptablesDataplane {
                     }
                     _ => Saved::parse(&tool.save(family)?),
                 };
-                let input = ruleset::full_restore(&desired, &saved);
+                let input = ruleset::full_restore(&desired, &saved, commits);
                 if !input.is_empty() {
                     tool.restore(family, &input.text)?;
                     restores += 1;
@@ -277,7 +295,7 @@ impl IptablesDataplane {
                 if tool.available(family) {
                     let saved = Saved::parse(&tool.save(family)?);
                     if saved.has_kproxy() {
-                        tool.restore(family, &ruleset::cleanup_restore(&saved).text)?;
+                        tool.restore(family, &ruleset::cleanup_restore(&saved, commits).text)?;
                         restores += 1;
                     }
                 }
@@ -304,7 +322,7 @@ impl IptablesDataplane {
                 }
                 let desired =
                     ruleset::assemble(&render::render_globals(&ctx), program.ports.values(), tree);
-                let input = ruleset::partial_restore(&program.written, &desired);
+                let input = ruleset::partial_restore(&program.written, &desired, commits);
                 if !input.is_empty() {
                     tool.restore(program.family, &input.text)?;
                     restores += 1;
@@ -384,7 +402,10 @@ impl IptablesDataplane {
                 let result = tool.save(family).and_then(|text| {
                     let saved = Saved::parse(&text);
                     if saved.has_kproxy() {
-                        tool.restore(family, &ruleset::cleanup_restore(&saved).text)?;
+                        tool.restore(
+                            family,
+                            &ruleset::cleanup_restore(&saved, self.commits(backend)).text,
+                        )?;
                     }
                     Ok(())
                 });

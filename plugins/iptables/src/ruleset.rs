@@ -11,7 +11,8 @@
 //!   did not change is not even declared, since declaring a chain under `--noflush` flushes it).
 //! - [`cleanup_restore`] removes every kproxy chain and jump the kernel holds.
 //!
-//! Every input is for `iptables-restore --noflush`: only the chains it names change.
+//! Every input is for `iptables-restore --noflush`: only the chains it names change. Each
+//! table's part is one transaction, or several on iptables-nft when it is large ([`Commits`]).
 
 use crate::{
     dispatch, names,
@@ -185,45 +186,196 @@ impl Restore {
     }
 }
 
+/// How many transactions a restore input is cut into.
+///
+/// iptables-restore commits each `*table … COMMIT` block as one transaction. On
+/// iptables-nft 1.8 a block costs O(commands × chains named in the block): before fetching its
+/// cache, `--noflush` keeps the names every command mentions in a sorted linked list, walked
+/// for every command. One block of 139,000 chains and 359,000 rules (44,000 services) takes
+/// ten minutes there; cut into blocks of [`NFT_CHAINS_PER_COMMIT`] chains it takes seconds.
+/// Each commit that adds a jump also makes the kernel re-validate the whole table (about
+/// 0.3 s at that size), which is what keeps blocks from being tiny. iptables-legacy rewrites
+/// the whole table at every commit: one block per table there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commits {
+    /// One transaction per table.
+    PerTable,
+    /// Transactions of at most this many declared chains (each table's last transaction also
+    /// carries the built-in jumps and the stale chains' deletion).
+    Chains(usize),
+}
+
+/// The chains per transaction on iptables-nft: measured on 44,000 services × 1 endpoint and
+/// 5,000 × 50 (see the plugin's README, "Large tables").
+pub const NFT_CHAINS_PER_COMMIT: usize = 1_000;
+
 /// What one table's part of a restore does.
 #[derive(Default)]
 struct TablePart {
-    declare: Vec<String>,
+    /// Chains declared (flushed or created) and written, with their rules.
+    write: Vec<(String, Vec<String>)>,
+    /// `-D`/`-I` lines for the built-in chains.
     jumps: Vec<String>,
-    rules: Vec<(String, Vec<String>)>,
+    /// Chains declared (flushed) and deleted.
     delete: Vec<String>,
 }
 
 impl TablePart {
     fn is_empty(&self) -> bool {
-        self.declare.is_empty() && self.jumps.is_empty() && self.delete.is_empty()
+        self.write.is_empty() && self.jumps.is_empty() && self.delete.is_empty()
     }
 
-    fn write(self, table: Table, out: &mut Restore) {
+    /// Appends this part to `out`: one transaction, or several under [`Commits::Chains`] when
+    /// it declares more chains than one may hold.
+    ///
+    /// Cut into several, chains are written children first (a chain's jump targets are
+    /// complete before any transaction jumps to them, so each transaction leaves every
+    /// service either as it was or as it will be) and the built-in jumps and deletions come
+    /// last, once nothing written still jumps to a stale chain. Many stale chains are first
+    /// all flushed, then deleted, since they may jump to one another.
+    fn write(self, table: Table, commits: Commits, out: &mut Restore) {
         if self.is_empty() {
             return;
         }
-        let t = &mut out.text;
-        let _ = writeln!(t, "*{}", table.name());
-        for chain in &self.declare {
-            let _ = writeln!(t, ":{chain} - [0:0]");
-        }
-        out.objects += self.declare.len() as u64;
-        for line in &self.jumps {
-            let _ = writeln!(t, "{line}");
-        }
+        out.objects += (self.write.len() + self.delete.len()) as u64;
         out.objects += self.jumps.iter().filter(|l| l.starts_with("-I")).count() as u64;
-        for (chain, rules) in &self.rules {
-            for rule in rules {
-                let _ = writeln!(t, "-A {chain} {rule}");
+        out.objects += self.write.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
+        let limit = match commits {
+            Commits::Chains(n) if self.write.len() + self.delete.len() > n => n.max(1),
+            _ => {
+                let declare: Vec<&str> = self
+                    .write
+                    .iter()
+                    .map(|(c, _)| c.as_str())
+                    .chain(self.delete.iter().map(String::as_str))
+                    .collect();
+                let rules: Vec<&(String, Vec<String>)> = self.write.iter().collect();
+                let deletes: Vec<&str> = self.delete.iter().map(String::as_str).collect();
+                write_block(
+                    &mut out.text,
+                    table,
+                    &declare,
+                    &self.jumps,
+                    &rules,
+                    &deletes,
+                );
+                return;
             }
-            out.objects += rules.len() as u64;
+        };
+        let ordered = children_first(&self.write);
+        let mut chunks: Vec<&[&(String, Vec<String>)]> = ordered.chunks(limit).collect();
+        let last = chunks.pop().unwrap_or(&[]);
+        for chunk in chunks {
+            let declare: Vec<&str> = chunk.iter().map(|(c, _)| c.as_str()).collect();
+            write_block(&mut out.text, table, &declare, &[], chunk, &[]);
         }
-        for chain in &self.delete {
-            let _ = writeln!(t, "-X {chain}");
+        let few_deletes = self.delete.len() + last.len() <= limit;
+        let mut declare: Vec<&str> = last.iter().map(|(c, _)| c.as_str()).collect();
+        let mut deletes: Vec<&str> = Vec::new();
+        if few_deletes {
+            declare.extend(self.delete.iter().map(String::as_str));
+            deletes = self.delete.iter().map(String::as_str).collect();
         }
-        t.push_str("COMMIT\n");
+        write_block(&mut out.text, table, &declare, &self.jumps, last, &deletes);
+        if !few_deletes {
+            for chunk in self.delete.chunks(limit) {
+                let flush: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                write_block(&mut out.text, table, &flush, &[], &[], &[]);
+            }
+            for chunk in self.delete.chunks(limit) {
+                let delete: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                write_block(&mut out.text, table, &[], &[], &[], &delete);
+            }
+        }
     }
+}
+
+/// One `*table … COMMIT` block: declarations, built-in jump fixes, rules, deletions.
+fn write_block(
+    t: &mut String,
+    table: Table,
+    declare: &[&str],
+    jumps: &[String],
+    rules: &[&(String, Vec<String>)],
+    delete: &[&str],
+) {
+    let _ = writeln!(t, "*{}", table.name());
+    for chain in declare {
+        let _ = writeln!(t, ":{chain} - [0:0]");
+    }
+    for line in jumps {
+        let _ = writeln!(t, "{line}");
+    }
+    for (chain, chain_rules) in rules {
+        for rule in chain_rules {
+            let _ = writeln!(t, "-A {chain} {rule}");
+        }
+    }
+    for chain in delete {
+        let _ = writeln!(t, "-X {chain}");
+    }
+    t.push_str("COMMIT\n");
+}
+
+/// The chains of `write` ordered so that each comes after every chain of `write` it jumps to
+/// (a depth-first post-order from the chains nothing in `write` jumps to), which also keeps a
+/// service's chains together.
+fn children_first(write: &[(String, Vec<String>)]) -> Vec<&(String, Vec<String>)> {
+    let index: BTreeMap<&str, usize> = write
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| (c.as_str(), i))
+        .collect();
+    let targets: Vec<Vec<usize>> = write
+        .iter()
+        .map(|(_, rules)| {
+            rules
+                .iter()
+                .filter_map(|r| jump_target(r))
+                .filter_map(|t| index.get(t).copied())
+                .collect()
+        })
+        .collect();
+    let mut referenced = vec![false; write.len()];
+    for &t in targets.iter().flatten() {
+        referenced[t] = true;
+    }
+    let mut seen = vec![false; write.len()];
+    let mut order = Vec::with_capacity(write.len());
+    let starts = (0..write.len())
+        .filter(|&i| !referenced[i])
+        .chain(0..write.len());
+    for start in starts {
+        if seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        let mut stack = vec![(start, 0usize)];
+        while let Some((node, next)) = stack.last_mut() {
+            if let Some(&child) = targets[*node].get(*next) {
+                *next += 1;
+                if !seen[child] {
+                    seen[child] = true;
+                    stack.push((child, 0));
+                }
+            } else {
+                order.push(&write[*node]);
+                stack.pop();
+            }
+        }
+    }
+    order
+}
+
+/// The chain a rule jumps or goes to (`-j X`, `-g X`), if any.
+fn jump_target(rule: &str) -> Option<&str> {
+    let mut words = rule.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "-j" || w == "-g" {
+            return words.next();
+        }
+    }
+    None
 }
 
 /// Makes the kernel (as `saved` shows it) hold `desired`: every kproxy chain whose rules differ
@@ -232,7 +384,7 @@ impl TablePart {
 /// as `iptables-save` prints them, so an unchanged chain compares equal, and a periodic full
 /// sync of an unchanged node writes nothing (iptables-nft-restore is slow with many declared
 /// chains; see the README).
-pub fn full_restore(desired: &Ruleset, saved: &Saved) -> Restore {
+pub fn full_restore(desired: &Ruleset, saved: &Saved, commits: Commits) -> Restore {
     let mut out = Restore::default();
     for table in Table::ALL {
         let empty = BTreeMap::new();
@@ -242,19 +394,17 @@ pub fn full_restore(desired: &Ruleset, saved: &Saved) -> Restore {
             if existing.get(chain) == Some(rules) {
                 continue;
             }
-            part.declare.push(chain.clone());
-            part.rules.push((chain.clone(), rules.clone()));
+            part.write.push((chain.clone(), rules.clone()));
         }
         let wanted: BTreeSet<&String> = desired.chains(table).map(|(c, _)| c).collect();
         for chain in existing
             .keys()
             .filter(|c| is_ours(c) && !wanted.contains(c))
         {
-            part.declare.push(chain.clone());
             part.delete.push(chain.clone());
         }
         part.jumps = fix_jumps(table, &desired.jumps, existing);
-        part.write(table, &mut out);
+        part.write(table, commits, &mut out);
     }
     out
 }
@@ -304,7 +454,7 @@ fn fix_jumps(
 
 /// The chains of `desired` that differ from `written` (the last ruleset applied), and the
 /// chains `written` has that `desired` lacks.
-pub fn partial_restore(written: &Ruleset, desired: &Ruleset) -> Restore {
+pub fn partial_restore(written: &Ruleset, desired: &Ruleset, commits: Commits) -> Restore {
     let mut out = Restore::default();
     for table in Table::ALL {
         let empty = BTreeMap::new();
@@ -313,21 +463,19 @@ pub fn partial_restore(written: &Ruleset, desired: &Ruleset) -> Restore {
         let mut part = TablePart::default();
         for (chain, rules) in new {
             if old.get(chain) != Some(rules) {
-                part.declare.push(chain.clone());
-                part.rules.push((chain.clone(), rules.clone()));
+                part.write.push((chain.clone(), rules.clone()));
             }
         }
         for chain in old.keys().filter(|c| !new.contains_key(*c)) {
-            part.declare.push(chain.clone());
             part.delete.push(chain.clone());
         }
-        part.write(table, &mut out);
+        part.write(table, commits, &mut out);
     }
     out
 }
 
 /// Removes every kproxy chain and every jump into one that `saved` shows.
-pub fn cleanup_restore(saved: &Saved) -> Restore {
+pub fn cleanup_restore(saved: &Saved, commits: Commits) -> Restore {
     let mut out = Restore::default();
     for table in Table::ALL {
         let Some(existing) = saved.table(table) else {
@@ -338,10 +486,9 @@ pub fn cleanup_restore(saved: &Saved) -> Restore {
             ..TablePart::default()
         };
         for chain in existing.keys().filter(|c| is_ours(c)) {
-            part.declare.push(chain.clone());
             part.delete.push(chain.clone());
         }
-        part.write(table, &mut out);
+        part.write(table, commits, &mut out);
     }
     out
 }

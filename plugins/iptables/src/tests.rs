@@ -5,10 +5,11 @@ use crate::{
     config::DispatchMode,
     desired_ruleset, names,
     render::Table,
-    ruleset::{self, Ruleset, Saved},
+    ruleset::{self, Commits, Ruleset, Saved},
 };
 use kproxy_dataplane_common::sample::{self, PortBuilder};
 use kproxy_plugin_api::{IpFamily, IpMode, Protocol, ProxySettings, ProxyState};
+use std::collections::BTreeSet;
 
 fn v4(state: &ProxyState) -> Ruleset {
     desired_ruleset(
@@ -346,7 +347,7 @@ fn a_partial_restore_writes_only_the_changed_service_and_its_dispatch_path() {
     after = sample::state(services);
     let old = v4(&before);
     let new = v4(&after);
-    let restore = ruleset::partial_restore(&old, &new);
+    let restore = ruleset::partial_restore(&old, &new, Commits::PerTable);
     let declared: Vec<&str> = restore
         .text
         .lines()
@@ -366,7 +367,7 @@ fn a_partial_restore_writes_only_the_changed_service_and_its_dispatch_path() {
     );
     // Applying the partial restore to the old ruleset gives the new one.
     assert_eq!(
-        ruleset::partial_restore(&new, &new),
+        ruleset::partial_restore(&new, &new, Commits::PerTable),
         ruleset::Restore::default()
     );
 
@@ -378,7 +379,7 @@ fn a_partial_restore_writes_only_the_changed_service_and_its_dispatch_path() {
             .build(),
     );
     let with_new = v4(&sample::state(added));
-    let restore = ruleset::partial_restore(&new, &with_new);
+    let restore = ruleset::partial_restore(&new, &with_new, Commits::PerTable);
     let dispatch_declared = restore
         .text
         .lines()
@@ -404,7 +405,7 @@ fn a_full_restore_deletes_stale_chains_and_fixes_jumps_only() {
          *filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"kproxy old\" -j KPROXY-GONE\n\
          -A INPUT -j ACCEPT\n:KPROXY-GONE - [0:0]\nCOMMIT\n"
     ));
-    let restore = ruleset::full_restore(&desired, &saved);
+    let restore = ruleset::full_restore(&desired, &saved, Commits::PerTable);
     let text = &restore.text;
     assert!(text.contains(":KPROXY-SVC-STALE - [0:0]\n") && text.contains("-X KPROXY-SVC-STALE\n"));
     assert!(
@@ -434,7 +435,7 @@ fn cleanup_removes_only_kproxy() {
          -A KPROXY-SERVICES -j RETURN\nCOMMIT\n",
     );
     assert!(saved.has_kproxy());
-    let text = ruleset::cleanup_restore(&saved).text;
+    let text = ruleset::cleanup_restore(&saved, Commits::PerTable).text;
     assert_eq!(
         text,
         "*nat\n:KPROXY-SERVICES - [0:0]\n-D PREROUTING -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES\n-X KPROXY-SERVICES\nCOMMIT\n"
@@ -448,4 +449,111 @@ fn probabilities_are_written_as_iptables_save_prints_them() {
     assert_eq!(probability(2), "0.50000000000");
     assert_eq!(probability(3), "0.33333333349");
     assert_eq!(probability(10), "0.10000000009");
+}
+
+/// The `*table … COMMIT` blocks of a restore input, each as its lines.
+fn transactions(text: &str) -> Vec<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    for line in text.lines() {
+        current.push(line);
+        if line == "COMMIT" {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    assert!(current.is_empty(), "input ends inside a block: {current:?}");
+    out
+}
+
+#[test]
+fn a_large_restore_is_cut_into_transactions_children_first() {
+    let desired = v4(&many(400));
+    let whole = ruleset::full_restore(&desired, &Saved::default(), Commits::PerTable);
+    let cut = ruleset::full_restore(&desired, &Saved::default(), Commits::Chains(50));
+    assert_eq!(transactions(&whole.text).len(), 2, "nat and filter");
+    let blocks = transactions(&cut.text);
+    assert!(blocks.len() > 10, "{} blocks", blocks.len());
+    // The same lines, and the same count of objects.
+    let lines = |t: &str| {
+        let mut l: Vec<String> = t
+            .lines()
+            .filter(|l| !l.starts_with('*') && *l != "COMMIT")
+            .map(str::to_string)
+            .collect();
+        l.sort();
+        l
+    };
+    assert_eq!(lines(&cut.text), lines(&whole.text));
+    assert_eq!(cut.objects, whole.objects);
+    let mut declared: BTreeSet<String> = BTreeSet::new();
+    for (i, block) in blocks.iter().enumerate() {
+        let table = block[0];
+        let next_table = blocks.get(i + 1).map(|b| b[0]);
+        let chains: Vec<&str> = block.iter().filter_map(|l| l.strip_prefix(':')).collect();
+        assert!(chains.len() <= 50, "block {i} declares {}", chains.len());
+        declared.extend(
+            chains
+                .iter()
+                .map(|c| format!("{table}{}", c.split(' ').next().unwrap())),
+        );
+        for rule in block
+            .iter()
+            .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
+        {
+            if let Some(target) = rule
+                .split(" -j ")
+                .nth(1)
+                .map(|t| t.split(' ').next().unwrap())
+            {
+                if target.starts_with("KPROXY-") {
+                    assert!(
+                        declared.contains(&format!("{table}{target}")),
+                        "block {i} jumps to {target} before it is written: {rule}"
+                    );
+                }
+            }
+        }
+        // The built-in jumps come in each table's last transaction.
+        let has_jumps = block.iter().any(|l| l.starts_with("-I "));
+        assert_eq!(has_jumps, next_table != Some(table), "block {i} of {table}");
+    }
+}
+
+#[test]
+fn many_stale_chains_are_all_flushed_before_any_is_deleted() {
+    let big = v4(&many(400));
+    let small = v4(&many(10));
+    let cut = ruleset::partial_restore(&big, &small, Commits::Chains(50));
+    let blocks = transactions(&cut.text);
+    let first_delete = blocks
+        .iter()
+        .position(|b| b.iter().any(|l| l.starts_with("-X ")))
+        .expect("stale chains are deleted");
+    let deleted: Vec<&str> = cut
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("-X "))
+        .collect();
+    assert!(deleted.len() > 700, "{} deleted", deleted.len());
+    let flushed_before: BTreeSet<&str> = blocks[..first_delete]
+        .iter()
+        .flatten()
+        .filter_map(|l| l.strip_prefix(':'))
+        .map(|d| d.split(' ').next().unwrap())
+        .collect();
+    for chain in &deleted {
+        assert!(
+            flushed_before.contains(chain),
+            "{chain} deleted before it was flushed"
+        );
+    }
+    // Deletion blocks only delete.
+    for block in &blocks[first_delete..] {
+        assert!(
+            block[1..block.len() - 1]
+                .iter()
+                .all(|l| l.starts_with("-X ")),
+            "{block:?}"
+        );
+    }
 }

@@ -167,7 +167,7 @@ fn unchanged_syncs_run_no_restore_and_full_syncs_leave_the_jumps_alone() {
                 );
                 let out = std::process::Command::new(&bin).output().unwrap();
                 let saved = Saved::parse(&String::from_utf8_lossy(&out.stdout));
-                let text = ruleset::full_restore(&desired, &saved).text;
+                let text = ruleset::full_restore(&desired, &saved, ruleset::Commits::PerTable).text;
                 assert!(
                     !text
                         .lines()
@@ -517,6 +517,59 @@ fn a_full_sync_of_a_large_nft_table_checks_jumps_without_reading_the_table() {
             &ns.save(Backend::Nft, false),
             &from_memory,
             "large-table full sync",
+        );
+    });
+}
+
+#[test]
+fn syncs_cut_into_many_nft_transactions_end_where_one_transaction_does() {
+    let (a, b) = (state_a(), state_b());
+    let Some(one) = Scratch::create() else { return };
+    let whole = one.run(|| {
+        let mut dp = dataplane(sample::settings(), &config("nft"));
+        dp.sync(&b, &full())
+            .expect("full sync of B in one transaction per table");
+        assert_eq!(dp.counters().restores, 2, "one restore per family");
+        (one.save(Backend::Nft, false), one.save(Backend::Nft, true))
+    });
+    let Some(many) = Scratch::create() else {
+        return;
+    };
+    many.run(|| {
+        let mut dp = dataplane(sample::settings(), &config("nft"));
+        // Seven chains per transaction: every sync below takes several.
+        dp.set_nft_chains_per_commit(7);
+        dp.sync(&a, &full()).expect("full sync of A");
+        dp.sync(&b, &changes(&a, &b)).expect("partial sync to B");
+        assert_same(
+            &many.save(Backend::Nft, false),
+            &whole.0,
+            "partial sync to B, IPv4",
+        );
+        assert_same(
+            &many.save(Backend::Nft, true),
+            &whole.1,
+            "partial sync to B, IPv6",
+        );
+        // Back to A deletes more stale chains than one transaction holds.
+        dp.sync(&a, &changes(&b, &a))
+            .expect("partial sync back to A");
+        let small = many.save(Backend::Nft, false);
+        assert!(small["nat"].len() < whole.0["nat"].len());
+        dp.sync(&b, &full()).expect("full sync of B");
+        assert_same(
+            &many.save(Backend::Nft, false),
+            &whole.0,
+            "full sync of B, IPv4",
+        );
+        assert_eq!(dp.counters().failed_syncs, 0);
+        dp.cleanup_chains().expect("cleanup");
+        let left = many.save(Backend::Nft, false);
+        assert!(
+            left.values()
+                .flat_map(|t| t.keys())
+                .all(|c| !c.starts_with("KPROXY-")),
+            "cleanup in many transactions left chains: {left:?}"
         );
     });
 }
