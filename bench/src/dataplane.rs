@@ -5,7 +5,7 @@
 //!
 //! Adding a dataplane is one more implementation of [`Dataplane`] and one line in [`by_name`]:
 //! for iptables, `dump` is `iptables-save` of kproxy's tables, `apply_reference` is
-//! `iptables-restore` of that file (with `--noflush` for the replacing case), and
+//! a plain `iptables-restore` of that file (into empty tables, and over the same rules), and
 //! `is_change_commit` accepts the first commit after the change (iptables-nft commits through
 //! nf_tables too; chain names there are hashes, not endpoint addresses).
 

@@ -107,8 +107,9 @@ pub fn tables(d: &DataplaneResults) -> String {
         if d.name == "iptables" {
             let _ = writeln!(
                 w,
-                "(kproxy writes with `--noflush -w`, as upstream; the reference loads the saved \
-                 tables whole into empty ones, and replaces with `--noflush -w` of kproxy's chains)"
+                "(kproxy writes with `--noflush -w`, as upstream, cut into transactions on \
+                 iptables-nft; the reference is a plain restore, which replaces each table whole \
+                 in one transaction: into empty tables, and over the same rules)"
             );
         }
         let _ = writeln!(

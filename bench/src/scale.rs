@@ -11,9 +11,9 @@
 //!    Sync, the plugin and the kernel's commit are all inside it.
 //! 3. The daemon's VmHWM after all that.
 //!
-//! Then the daemon stops (rules stay), the kernel's rules are saved, and the reference tool
-//! loads them into an empty kernel and over themselves; a second daemon starts over the rules
-//! left in place, and its first full sync is the replacing figure.
+//! Then the kernel's rules are saved and the daemon stops (rules stay); a second daemon starts
+//! over the rules left in place, and its first full sync is the replacing figure; then the
+//! reference tool loads the saved rules into an empty kernel and over themselves.
 
 use crate::{
     cluster::{self, Ep, Shape},
@@ -93,9 +93,10 @@ pub struct ScaleResult {
     pub vm_rss_kib: u64,
 }
 
-/// How long one full sync may take. iptables-nft 1.8's `iptables-restore --noflush` and
-/// `iptables-save` are quadratic in chains: at 5,000 × 50 (255,000 chains) one takes the better
-/// part of an hour on a 2-core machine.
+/// How long one full sync may take: generous, since iptables-nft 1.8's `iptables-restore
+/// --noflush` and `iptables-save` can be quadratic in chains (the plugin cuts its restores
+/// into transactions so that they are not; a table written in one transaction still reads
+/// slowly).
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 
 /// Starts the test API server inside the node namespace (so the daemon reaches it on its own
@@ -192,17 +193,20 @@ pub fn run(
     daemon.stop();
     drop(daemon);
 
+    // The restart comes before the reference loads, over the rules kproxy itself left: that
+    // is what a restarted kproxy finds (and iptables-nft-save reads a table that kproxy wrote
+    // much faster than one the reference wrote in one transaction).
+    let mut daemon = Daemon::start(lab, dp.name(), &dp.plugin_section(), &kubeconfig)?;
+    let kproxy_replace = daemon.wait_full_sync(1, sync_timeout)?.duration;
+    daemon.stop();
+    drop(daemon);
+
     let reference_fresh = dp
         .apply_reference(lab, &dump_path, false)
         .context("reference load into an empty kernel")?;
     let reference_replace = dp
         .apply_reference(lab, &dump_path, true)
         .context("reference load over the same rules")?;
-
-    let mut daemon = Daemon::start(lab, dp.name(), &dp.plugin_section(), &kubeconfig)?;
-    let kproxy_replace = daemon.wait_full_sync(1, sync_timeout)?.duration;
-    daemon.stop();
-    drop(daemon);
     dp.clear(lab)?;
     let _ = std::fs::remove_file(&dump_path);
 
