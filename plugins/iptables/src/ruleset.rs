@@ -206,7 +206,7 @@ pub enum Commits {
 }
 
 /// The chains per transaction on iptables-nft: measured on 44,000 services × 1 endpoint and
-/// 5,000 × 50 (see the plugin's README, "Large tables").
+/// 5,000 × 50 (see the plugin's README, "How a sync works" and "Figures").
 pub const NFT_CHAINS_PER_COMMIT: usize = 1_000;
 
 /// What one table's part of a restore does.
@@ -237,32 +237,15 @@ impl TablePart {
         if self.is_empty() {
             return;
         }
-        out.objects += (self.write.len() + self.delete.len()) as u64;
+        let declared = self.write.len() + self.delete.len();
+        out.objects += declared as u64;
         out.objects += self.jumps.iter().filter(|l| l.starts_with("-I")).count() as u64;
         out.objects += self.write.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
-        let limit = match commits {
-            Commits::Chains(n) if self.write.len() + self.delete.len() > n => n.max(1),
-            _ => {
-                let declare: Vec<&str> = self
-                    .write
-                    .iter()
-                    .map(|(c, _)| c.as_str())
-                    .chain(self.delete.iter().map(String::as_str))
-                    .collect();
-                let rules: Vec<&(String, Vec<String>)> = self.write.iter().collect();
-                let deletes: Vec<&str> = self.delete.iter().map(String::as_str).collect();
-                write_block(
-                    &mut out.text,
-                    table,
-                    &declare,
-                    &self.jumps,
-                    &rules,
-                    &deletes,
-                );
-                return;
-            }
+        let (limit, ordered) = match commits {
+            Commits::Chains(n) if declared > n => (n.max(1), children_first(&self.write)),
+            // One transaction: every chain in the last (and only) block, in the given order.
+            _ => (usize::MAX, self.write.iter().collect()),
         };
-        let ordered = children_first(&self.write);
         let mut chunks: Vec<&[&(String, Vec<String>)]> = ordered.chunks(limit).collect();
         let last = chunks.pop().unwrap_or(&[]);
         for chunk in chunks {
