@@ -24,7 +24,7 @@ use kproxy_plugin_api::{
     LocalDetectMode, NodeFacts, Plugin, Protocol, ProxySettings, ProxyState, ServicePort,
     ServicePortKey, SessionAffinity, TrafficPolicy,
 };
-use kproxy_plugin_iptables::IptablesDataplane;
+use kproxy_plugin_iptables::{config::DispatchMode, desired_ruleset, IptablesDataplane};
 use std::{
     net::{Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
@@ -223,14 +223,19 @@ fn run(lab: &Lab, backend: &str, dispatch: &str, sizes: &[usize], samples: usize
             .expect("run in the node")
             .unwrap_or_else(|e| panic!("sync of {n} services: {e}"));
         let sync_ms = t.elapsed().as_secs_f64() * 1e3;
-        let dispatch_rules = dp.programs().expect("synced")[0]
-            .written
-            .tables
-            .values()
-            .flat_map(|t| t.iter())
-            .filter(|(c, _)| c.starts_with("KPROXY-DSP-") || c.as_str() == "KPROXY-SERVICES")
-            .map(|(_, r)| r.len())
-            .sum();
+        let dispatch_rules = desired_ruleset(
+            &settings(),
+            &st,
+            kproxy_plugin_api::IpFamily::V4,
+            DispatchMode::Tree,
+            false,
+        )
+        .tables
+        .values()
+        .flat_map(|t| t.iter())
+        .filter(|(c, _)| c.starts_with("KPROXY-DSP-") || c.as_str() == "KPROXY-SERVICES")
+        .map(|(_, r)| r.len())
+        .sum();
         let _ = lab.exec(&Place::Node, &["conntrack", "-F"]);
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
         let through = measure(lab, samples, move || {

@@ -13,7 +13,9 @@
 
 use kproxy_dataplane_common::sample;
 use kproxy_plugin_api::{ChangeSet, HostContext, IpFamily, Plugin};
-use kproxy_plugin_iptables::{config::DispatchMode, desired_ruleset, ruleset, IptablesDataplane};
+use kproxy_plugin_iptables::{
+    config::DispatchMode, full_restore_input, ruleset, IptablesDataplane,
+};
 use std::time::Instant;
 
 fn main() {
@@ -32,7 +34,6 @@ fn main() {
         DispatchMode::Tree
     };
     let t = Instant::now();
-    let desired = desired_ruleset(&settings, &state, IpFamily::V4, mode, false);
     let per_commit: usize = std::env::var("KPIPT_CHAINS_PER_COMMIT")
         .map_or(ruleset::NFT_CHAINS_PER_COMMIT, |v| {
             v.parse().expect("KPIPT_CHAINS_PER_COMMIT")
@@ -42,10 +43,19 @@ fn main() {
     } else {
         ruleset::Commits::PerTable
     };
-    let input = ruleset::full_restore(&desired, &Default::default(), commits);
+    let input = full_restore_input(
+        &settings,
+        &state,
+        IpFamily::V4,
+        mode,
+        false,
+        Default::default(),
+        commits,
+    );
+    let desired = ruleset::Ruleset::parse(&input.text);
     println!(
         "{services} services x {endpoints} endpoints ({dispatch}): {} chains, {} rules, input {} KiB; render {:.0} ms",
-        desired.tables.values().map(|t| t.len()).sum::<usize>(),
+        desired.chain_count(),
         desired.rule_count(),
         input.text.len() / 1024,
         t.elapsed().as_secs_f64() * 1e3

@@ -17,7 +17,7 @@
 //! iptables-nft cheaply first (the small `mangle` table, one chain of `nat`), because a full
 //! `iptables-nft-save` of a large table takes minutes (see the README).
 
-use crate::{restore::Tool, ruleset::Saved};
+use crate::{restore::Tool, ruleset::parse_chains};
 use kproxy_plugin_api::IpFamily;
 
 /// An iptables back end.
@@ -58,16 +58,19 @@ impl Evidence {
     pub fn from_saves<'a>(saves: impl IntoIterator<Item = &'a str>) -> Evidence {
         let mut e = Evidence::default();
         for text in saves {
-            let saved = Saved::parse(text);
-            e.kubelet_hint |= saved.tables.values().any(|chains| {
+            let tables = parse_chains(text);
+            e.kubelet_hint |= tables.values().any(|chains| {
                 chains.contains_key("KUBE-IPTABLES-HINT")
                     || chains.contains_key("KUBE-KUBELET-CANARY")
             });
-            e.kproxy |= saved
-                .tables
+            e.kproxy |= tables
                 .get("nat")
                 .is_some_and(|c| c.contains_key(crate::names::SERVICES));
-            e.rules += saved.rule_count();
+            e.rules += tables
+                .values()
+                .flat_map(|t| t.values())
+                .map(Vec::len)
+                .sum::<usize>();
         }
         e
     }

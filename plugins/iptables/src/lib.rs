@@ -6,8 +6,10 @@
 //! - [`render`]: the pure translation of a service port into chains and dispatch entries
 //!   (upstream's rules with kproxy's prefix);
 //! - [`dispatch`]: upstream's linear dispatch list, or kproxy's tree of chains;
-//! - [`ruleset`]: one family's rules as a value, and the restore input for a full, partial or
-//!   cleanup sync;
+//! - [`program`]: what a family's chains hold after a sync (a digest per chain), and the full
+//!   and partial sync that stream the restore input;
+//! - [`ruleset`]: reading `iptables-save`, writing a restore input cut into transactions, and
+//!   reading one back;
 //! - [`restore`] and [`backend`]: the thin layer that runs `iptables-restore`/`-save` of the
 //!   back end the node uses;
 //! - [`IptablesDataplane`]: the plugin that ties them together.
@@ -18,6 +20,7 @@ pub mod backend;
 pub mod config;
 pub mod dispatch;
 pub mod names;
+pub mod program;
 pub mod render;
 pub mod restore;
 pub mod ruleset;
@@ -30,12 +33,12 @@ use config::{BackendChoice, DispatchMode, IptablesConfig};
 use kproxy_dataplane_common::conntrack;
 use kproxy_plugin_api::{
     export_plugin, Capabilities, ChangeSet, HostContext, IpFamily, NodeFacts, Plugin, PluginError,
-    PluginStats, Protocol, ProxySettings, ProxyState, ServicePortKey, SyncReport,
+    PluginStats, Protocol, ProxySettings, ProxyState, SyncReport,
 };
-use render::{FamilyCtx, PortRules};
+use program::{FamilyProgram, Written};
+use render::FamilyCtx;
 use restore::Tool;
 use ruleset::{Commits, Ruleset, Saved};
-use std::collections::BTreeMap;
 
 /// Counters reported through [`Plugin::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,18 +59,6 @@ pub struct Counters {
     pub conntrack_deleted: u64,
     /// Conntrack cleanups that failed (logged; the sync itself still succeeded).
     pub conntrack_failures: u64,
-}
-
-/// What one family's chains hold after the last successful sync.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FamilyProgram {
-    /// The family.
-    pub family: IpFamily,
-    /// Every programmed service port's rendered rules, so a partial sync re-renders only the
-    /// changed ones.
-    pub ports: BTreeMap<ServicePortKey, PortRules>,
-    /// The ruleset as written.
-    pub written: Ruleset,
 }
 
 /// The iptables dataplane.
@@ -249,8 +240,9 @@ impl IptablesDataplane {
         let mut objects = 0;
         let mut restores = 0;
 
+        let previous = self.programs.take();
+        let mut programs = Vec::new();
         if full {
-            let mut programs = Vec::new();
             for &family in &enabled {
                 let ctx = FamilyCtx {
                     family,
@@ -258,82 +250,61 @@ impl IptablesDataplane {
                     node: &state.node,
                     conntrack_liberal: liberal,
                 };
-                let ports: BTreeMap<ServicePortKey, PortRules> = state
-                    .services
-                    .iter()
-                    .filter_map(|sp| render::render_port(&ctx, sp).map(|r| (sp.key.clone(), r)))
-                    .collect();
-                let desired =
-                    ruleset::assemble(&render::render_globals(&ctx), ports.values(), tree);
-                let previous = self
-                    .programs
+                let previous = previous
                     .as_ref()
                     .and_then(|p| p.iter().find(|p| p.family == family));
-                let saved = match previous {
+                let held = match previous {
                     Some(prev)
                         if tool.backend() == Backend::Nft
-                            && prev.written.chain_count() > self.large_nft_table =>
+                            && prev.chain_count() > self.large_nft_table =>
                     {
-                        large_nft_view(&tool, family, &prev.written)?
+                        large_nft_view(&tool, family, prev)?
                     }
-                    _ => Saved::parse(&tool.save(family)?),
+                    _ => tool.save_parsed(family)?,
                 };
-                let input = ruleset::full_restore(&desired, &saved, commits);
-                if !input.is_empty() {
-                    tool.restore(family, &input.text)?;
+                let mut run = tool.restore_run(family);
+                let written = program::full_sync(&ctx, tree, state, held, commits, &mut run);
+                if run.finish()? {
                     restores += 1;
-                    objects += input.objects;
+                    objects += written.objects;
                 }
-                programs.push(FamilyProgram {
-                    family,
-                    ports,
-                    written: desired,
-                });
+                programs.push(written.program);
             }
             for &family in &disabled {
                 // A family turned off keeps nothing of kproxy's.
                 if tool.available(family) {
-                    let saved = Saved::parse(&tool.save(family)?);
+                    let saved = tool.save_parsed(family)?;
                     if saved.has_kproxy() {
                         tool.restore(family, &ruleset::cleanup_restore(&saved, commits).text)?;
                         restores += 1;
                     }
                 }
             }
-            self.programs = Some(programs);
         } else {
-            let programs = self.programs.as_mut().expect("checked above");
-            for program in programs.iter_mut() {
+            let changed: Vec<_> = changes.changed.iter().cloned().collect();
+            for prev in previous.into_iter().flatten() {
                 let ctx = FamilyCtx {
-                    family: program.family,
+                    family: prev.family,
                     settings: &self.settings,
                     node: &state.node,
                     conntrack_liberal: liberal,
                 };
-                for key in changes.changed.iter() {
-                    match state.find(key).and_then(|sp| render::render_port(&ctx, sp)) {
-                        Some(rules) => {
-                            program.ports.insert(key.clone(), rules);
-                        }
-                        None => {
-                            program.ports.remove(key);
-                        }
-                    }
-                }
-                let desired =
-                    ruleset::assemble(&render::render_globals(&ctx), program.ports.values(), tree);
-                let input = ruleset::partial_restore(&program.written, &desired, commits);
-                if !input.is_empty() {
-                    tool.restore(program.family, &input.text)?;
+                let mut run = tool.restore_run(prev.family);
+                let Written {
+                    program,
+                    objects: o,
+                } = program::partial_sync(&ctx, tree, state, &changed, prev, commits, &mut run);
+                if run.finish()? {
                     restores += 1;
-                    objects += input.objects;
+                    objects += o;
                 }
-                program.written = desired;
+                programs.push(program);
             }
             if restores == 0 {
                 self.counters.noop_syncs += 1;
             }
         }
+        self.programs = Some(programs);
         self.counters.restores += restores;
         self.node = Some(state.node.clone());
         tracing::debug!(
@@ -438,8 +409,12 @@ pub const LARGE_NFT_TABLE: usize = 10_000;
 /// is cheap), so jumps are still checked and repaired. A hand edit inside a kproxy chain is then
 /// put right when that chain next changes, or by a full sync after a restart or a failure
 /// (which read the table).
-fn large_nft_view(tool: &Tool, family: IpFamily, written: &Ruleset) -> Result<Saved, PluginError> {
-    let mut saved = Saved::default();
+fn large_nft_view(
+    tool: &Tool,
+    family: IpFamily,
+    written: &FamilyProgram,
+) -> Result<Saved, PluginError> {
+    let mut saved = written.as_saved();
     for (table, builtins) in [
         (render::Table::Filter, &["INPUT", "FORWARD", "OUTPUT"][..]),
         (
@@ -447,12 +422,9 @@ fn large_nft_view(tool: &Tool, family: IpFamily, written: &Ruleset) -> Result<Sa
             &["PREROUTING", "OUTPUT", "POSTROUTING"][..],
         ),
     ] {
-        let chains = saved.tables.entry(table.name().to_string()).or_default();
-        for (name, rules) in written.chains(table) {
-            chains.insert(name.clone(), rules.clone());
-        }
+        let held = saved.tables.entry(table.name().to_string()).or_default();
         for builtin in builtins {
-            chains.insert(
+            held.others.insert(
                 builtin.to_string(),
                 tool.list_chain(family, table.name(), builtin)?,
             );
@@ -461,8 +433,9 @@ fn large_nft_view(tool: &Tool, family: IpFamily, written: &Ruleset) -> Result<Sa
     Ok(saved)
 }
 
-/// The whole ruleset of one family for `state`, as a full sync would write it: for tests,
-/// benchmarks and anyone who wants to read what kproxy would program without a kernel.
+/// The whole ruleset of one family for `state`, as a full sync into empty tables writes it
+/// (the restore input, read back): for tests, benchmarks and anyone who wants to read what
+/// kproxy would program without a kernel.
 pub fn desired_ruleset(
     settings: &ProxySettings,
     state: &ProxyState,
@@ -470,22 +443,48 @@ pub fn desired_ruleset(
     dispatch: DispatchMode,
     conntrack_liberal: bool,
 ) -> Ruleset {
+    let text = full_restore_input(
+        settings,
+        state,
+        family,
+        dispatch,
+        conntrack_liberal,
+        Saved::default(),
+        Commits::PerTable,
+    );
+    Ruleset::parse(&text.text)
+}
+
+/// The restore input a full sync of one family for `state` writes when the kernel holds
+/// `held`, in memory: for tests and benchmarks (the plugin streams it).
+pub fn full_restore_input(
+    settings: &ProxySettings,
+    state: &ProxyState,
+    family: IpFamily,
+    dispatch: DispatchMode,
+    conntrack_liberal: bool,
+    held: Saved,
+    commits: Commits,
+) -> ruleset::Restore {
     let ctx = FamilyCtx {
         family,
         settings,
         node: &state.node,
         conntrack_liberal,
     };
-    let ports: Vec<PortRules> = state
-        .services
-        .iter()
-        .filter_map(|sp| render::render_port(&ctx, sp))
-        .collect();
-    ruleset::assemble(
-        &render::render_globals(&ctx),
-        &ports,
+    let mut text = Vec::new();
+    let written = program::full_sync(
+        &ctx,
         dispatch == DispatchMode::Tree,
-    )
+        state,
+        held,
+        commits,
+        &mut text,
+    );
+    ruleset::Restore {
+        text: String::from_utf8(text).expect("restore inputs are UTF-8"),
+        objects: written.objects,
+    }
 }
 
 impl Plugin for IptablesDataplane {

@@ -1,16 +1,17 @@
-//! The thin layer that talks to the kernel: `iptables-restore --noflush -w` with its input on a
-//! pipe (one transaction per family), and `iptables-save` for the little the plugin reads.
+//! The thin layer that talks to the kernel: `iptables-restore --noflush -w` with its input
+//! streamed into a pipe ([`RestoreRun`]), and `iptables-save`, read as it streams.
 //!
 //! Binaries are the back end's own (`iptables-nft-restore`, `ip6tables-legacy-save`, …), never
 //! the `iptables` alternative, so the back end kproxy chose is the one it talks to whatever the
 //! system's default is.
 
-use crate::backend::Backend;
+use crate::{backend::Backend, ruleset::Saved};
 use kproxy_plugin_api::{IpFamily, PluginError};
 use std::{
-    io::Write,
+    io::{BufWriter, Write},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, ChildStderr, ChildStdin, Command, Stdio},
+    thread::JoinHandle,
 };
 
 /// The longest stretch of an input line quoted in an error message.
@@ -133,53 +134,23 @@ impl Tool {
 
     /// Applies `input` with `iptables-restore --noflush -w`, fed through a pipe. On failure
     /// the error names the command, the input line iptables-restore reported and its stderr;
-    /// each table of the input is committed atomically, so a refused table keeps its rules.
+    /// each transaction of the input is committed atomically, so a refused one keeps its rules.
     pub fn restore(&self, family: IpFamily, input: &str) -> Result<(), ToolError> {
+        let mut run = self.restore_run(family);
+        let _ = run.write_all(input.as_bytes());
+        run.finish().map(|_| ())
+    }
+
+    /// A restore whose input is written as it is produced ([`RestoreRun`]).
+    pub fn restore_run(&self, family: IpFamily) -> RestoreRun {
         let name = self.binary(family, "restore");
-        let path = locate(&name).unwrap_or_else(|| PathBuf::from(&name));
-        let command = format!("{name} --noflush -w");
-        let mut child = Command::new(&path)
-            .args(["--noflush", "-w"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| ToolError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        // A write error (the tool died early) shows in its exit status and stderr below.
-        let written = stdin.write_all(input.as_bytes());
-        drop(stdin);
-        let output = child
-            .wait_with_output()
-            .map_err(|source| ToolError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if output.status.success() {
-            return written.map_err(|source| ToolError::Spawn { command, source });
+        RestoreRun {
+            path: locate(&name).unwrap_or_else(|| PathBuf::from(&name)),
+            command: format!("{name} --noflush -w"),
+            child: None,
+            failed: None,
+            tail: Tail::default(),
         }
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        let line = failing_line(&stderr);
-        let quoted = line
-            .and_then(|n| input.lines().nth(n.saturating_sub(1)))
-            .map(|l| {
-                let q: String = l.chars().take(QUOTE_MAX).collect();
-                if q.len() < l.len() {
-                    format!("{q}…")
-                } else {
-                    q
-                }
-            });
-        Err(ToolError::Failed {
-            command,
-            status: output.status.code(),
-            line,
-            quoted,
-            stderr,
-        })
     }
 
     /// The rules of one chain (`iptables -t <table> -S <chain>`), as the text after
@@ -226,6 +197,38 @@ impl Tool {
         self.run_save(family, &[])
     }
 
+    /// `iptables-save` for `family`, read as it streams into a [`Saved`] (kproxy's chains as
+    /// digests): a large table is never held as text.
+    pub fn save_parsed(&self, family: IpFamily) -> Result<Saved, ToolError> {
+        let name = self.binary(family, "save");
+        let path = locate(&name).unwrap_or_else(|| PathBuf::from(&name));
+        let spawn_error = |source| ToolError::Spawn {
+            command: name.clone(),
+            source,
+        };
+        let mut child = Command::new(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_error)?;
+        let stderr = drain(child.stderr.take().expect("stderr is piped"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let read = Saved::read(std::io::BufReader::with_capacity(1 << 16, stdout));
+        let status = child.wait().map_err(spawn_error)?;
+        let stderr = stderr.join().unwrap_or_default();
+        if !status.success() {
+            return Err(ToolError::Failed {
+                command: name,
+                status: status.code(),
+                line: None,
+                quoted: None,
+                stderr,
+            });
+        }
+        read.map_err(spawn_error)
+    }
+
     /// `iptables-save -t <table>` for `family`.
     pub fn save_table(&self, family: IpFamily, table: &str) -> Result<String, ToolError> {
         self.run_save(family, &["-t", table])
@@ -254,6 +257,168 @@ impl Tool {
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
+}
+
+/// One `iptables-restore --noflush -w` whose input is written as it is produced, so a sync
+/// never holds the whole input. The tool starts at the first byte written; a run nothing was
+/// written to runs nothing.
+///
+/// Writes never fail: when the tool dies early (it refused a line), the rest of the input is
+/// dropped and [`RestoreRun::finish`] reports the tool's own message. The tool's stderr is read
+/// on a thread of its own, so a chatty tool cannot stall the writer.
+pub struct RestoreRun {
+    path: PathBuf,
+    command: String,
+    child: Option<Running>,
+    /// Why the run cannot go on: a failed start or write.
+    failed: Option<std::io::Error>,
+    tail: Tail,
+}
+
+struct Running {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    stderr: JoinHandle<String>,
+}
+
+impl Write for RestoreRun {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.failed.is_some() || buf.is_empty() {
+            return Ok(buf.len());
+        }
+        if self.child.is_none() {
+            match self.start() {
+                Ok(running) => self.child = Some(running),
+                Err(e) => {
+                    self.failed = Some(e);
+                    return Ok(buf.len());
+                }
+            }
+        }
+        self.tail.push(buf);
+        if let Some(running) = &mut self.child {
+            if let Err(e) = running.stdin.write_all(buf) {
+                self.failed = Some(e);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl RestoreRun {
+    fn start(&self) -> std::io::Result<Running> {
+        let mut child = Command::new(&self.path)
+            .args(["--noflush", "-w"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdin = BufWriter::with_capacity(1 << 16, child.stdin.take().expect("piped"));
+        let stderr = drain(child.stderr.take().expect("piped"));
+        Ok(Running {
+            child,
+            stdin,
+            stderr,
+        })
+    }
+
+    /// Ends the input and waits for the tool. `Ok(false)` when nothing was written (no tool
+    /// ran), `Ok(true)` when it applied everything.
+    pub fn finish(self) -> Result<bool, ToolError> {
+        let RestoreRun {
+            command,
+            child,
+            failed,
+            tail,
+            ..
+        } = self;
+        let Some(running) = child else {
+            return match failed {
+                Some(source) => Err(ToolError::Spawn { command, source }),
+                None => Ok(false),
+            };
+        };
+        let Running {
+            mut child,
+            stdin,
+            stderr,
+        } = running;
+        // A write error (the tool died early) shows in its exit status and stderr below.
+        let flushed = stdin.into_inner().map(drop).map_err(|e| e.into_error());
+        let status = child.wait().map_err(|source| ToolError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        let stderr = stderr.join().unwrap_or_default();
+        if status.success() {
+            return match failed.map_or(flushed, Err) {
+                Ok(()) => Ok(true),
+                Err(source) => Err(ToolError::Spawn { command, source }),
+            };
+        }
+        let line = failing_line(&stderr);
+        let quoted = line.and_then(|n| tail.line(n)).map(|l| {
+            let q: String = l.chars().take(QUOTE_MAX).collect();
+            if q.len() < l.len() {
+                format!("{q}…")
+            } else {
+                q
+            }
+        });
+        Err(ToolError::Failed {
+            command,
+            status: status.code(),
+            line,
+            quoted,
+            stderr,
+        })
+    }
+}
+
+/// The last stretch of a restore input (about [`Tail::KEEP`] bytes), to quote the line the tool
+/// refused without holding the whole input.
+#[derive(Default)]
+struct Tail {
+    text: Vec<u8>,
+    /// The input line `text` starts with (0-based).
+    first_line: usize,
+}
+
+impl Tail {
+    const KEEP: usize = 1 << 20;
+
+    fn push(&mut self, buf: &[u8]) {
+        self.text.extend_from_slice(buf);
+        if self.text.len() > 2 * Self::KEEP {
+            let cut = self.text.len() - Self::KEEP;
+            let cut = self.text[cut..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(self.text.len(), |p| cut + p + 1);
+            self.first_line += self.text[..cut].iter().filter(|b| **b == b'\n').count();
+            self.text.drain(..cut);
+        }
+    }
+
+    /// Input line `n` (1-based), when still held.
+    fn line(&self, n: usize) -> Option<String> {
+        let index = n.checked_sub(1)?.checked_sub(self.first_line)?;
+        let text = String::from_utf8_lossy(&self.text);
+        text.lines().nth(index).map(str::to_string)
+    }
+}
+
+/// Reads a child's stderr to its end on a thread of its own.
+fn drain(mut stderr: ChildStderr) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    })
 }
 
 /// Finds a binary in `PATH`, then in `/usr/sbin` and `/sbin` (where Debian installs iptables,

@@ -1,27 +1,125 @@
-//! One family's complete rules as a value, and the `iptables-restore` input that gets the kernel
-//! from what it holds to them.
+//! Reading what the kernel holds and writing the `iptables-restore` input that changes it.
 //!
-//! - [`assemble`] puts the fixed chains, every service port's chains and the dispatch layout
-//!   together into a [`Ruleset`].
-//! - [`full_restore`] rewrites every kproxy chain whose rules differ from what `iptables-save`
-//!   showed ([`Saved`]), deletes kproxy chains the kernel holds but the ruleset lacks, and fixes
-//!   the jumps from the built-in chains. A hand-edited chain is put right.
-//! - [`partial_restore`] writes only the chains whose rules differ from the last written
-//!   ruleset, and deletes the chains that are gone (upstream's minimized restore: a chain that
-//!   did not change is not even declared, since declaring a chain under `--noflush` flushes it).
-//! - [`cleanup_restore`] removes every kproxy chain and jump the kernel holds.
+//! - [`Saved`] is what `iptables-save` showed of one family, read as a stream: kproxy's chains
+//!   as a [`digest`] of their rules (enough to tell whether a chain must be rewritten), every
+//!   other chain with its rules (the built-in chains' jumps are checked rule by rule).
+//! - [`TableWriter`] writes one table's part of a restore input as it is produced, cut into
+//!   transactions ([`Commits`]); the sync never holds the whole input (117 MB at 5,000 services
+//!   × 50 endpoints).
+//! - [`fix_jumps`] and [`cleanup_restore`] fix or remove the jumps from the built-in chains.
+//! - [`Ruleset`] and [`parse_chains`] read a restore input or an `iptables-save` output back
+//!   into chains, for tests, benchmarks and anyone reading what kproxy writes.
 //!
-//! Every input is for `iptables-restore --noflush`: only the chains it names change. Each
-//! table's part is one transaction, or several on iptables-nft when it is large ([`Commits`]).
+//! Every input is for `iptables-restore --noflush`: only the chains it names change. Within a
+//! transaction each chain is declared (flushed or created) right before its rules, and chains
+//! come children first, so a jump always names a chain that is complete.
 
 use crate::{
-    dispatch, names,
-    render::{Globals, Jump, PortRules, Root, Table},
+    names,
+    render::{Chain, Jump, Table},
 };
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{BufRead, Write};
 
-/// Every kproxy chain of one family with its rules, and the jumps into them.
+/// A chain's rules reduced to 64 bits: what the sync remembers of a chain it wrote, and what it
+/// compares with what the kernel holds. Order matters; equal rules give equal digests in every
+/// process (SipHash with fixed keys).
+pub fn digest<S: AsRef<str>>(rules: &[S]) -> u64 {
+    let mut d = Digest::default();
+    for rule in rules {
+        d.push(rule.as_ref());
+    }
+    d.0
+}
+
+/// A [`digest`] built one rule at a time (how `iptables-save` output arrives).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Digest(u64);
+
+impl Digest {
+    fn push(&mut self, rule: &str) {
+        let mut h = DefaultHasher::new();
+        rule.hash(&mut h);
+        self.0 = self
+            .0
+            .wrapping_mul(0x0000_0100_0000_01b3)
+            .wrapping_add(h.finish());
+    }
+}
+
+/// One line of `iptables-save` output or of a restore input, as far as kproxy reads it.
+enum Line<'a> {
+    /// `*table`.
+    Table(&'a str),
+    /// `:chain POLICY [counters]`.
+    Chain(&'a str),
+    /// `-A chain rule`.
+    Rule(&'a str, &'a str),
+    /// `-I chain N rule`.
+    Insert(&'a str, &'a str),
+    /// Anything else (`COMMIT`, comments, `-X`, `-D`).
+    Other,
+}
+
+impl<'a> Line<'a> {
+    fn read(line: &'a str) -> Line<'a> {
+        if let Some(name) = line.strip_prefix('*') {
+            Line::Table(name.trim())
+        } else if let Some(rest) = line.strip_prefix(':') {
+            rest.split_whitespace()
+                .next()
+                .map_or(Line::Other, Line::Chain)
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            rest.split_once(' ')
+                .map_or(Line::Other, |(chain, rule)| Line::Rule(chain, rule))
+        } else if let Some(rest) = line.strip_prefix("-I ") {
+            let mut parts = rest.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(chain), Some(_), Some(rule)) => Line::Insert(chain, rule),
+                _ => Line::Other,
+            }
+        } else {
+            Line::Other
+        }
+    }
+}
+
+/// Per table name: chain name → its rules (text after `-A <chain> `), for every chain of an
+/// `iptables-save` output or a restore input. Holds every rule: for tests, back-end detection
+/// (which reads small tables) and reading what kproxy wrote.
+pub fn parse_chains(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let mut tables: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut table: Option<String> = None;
+    for line in text.lines() {
+        match Line::read(line) {
+            Line::Table(name) => {
+                tables.entry(name.to_string()).or_default();
+                table = Some(name.to_string());
+            }
+            Line::Chain(chain) => {
+                if let Some(t) = &table {
+                    let chains = tables.entry(t.clone()).or_default();
+                    chains.entry(chain.to_string()).or_default();
+                }
+            }
+            Line::Rule(chain, rule) => {
+                if let Some(t) = &table {
+                    let chains = tables.entry(t.clone()).or_default();
+                    chains
+                        .entry(chain.to_string())
+                        .or_default()
+                        .push(rule.to_string());
+                }
+            }
+            Line::Insert(..) | Line::Other => {}
+        }
+    }
+    tables
+}
+
+/// Every kproxy chain of one family with its rules, and the jumps into them: a restore input
+/// read back (see [`crate::desired_ruleset`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ruleset {
     /// Per table: chain name → rules (text after `-A <chain> `).
@@ -31,6 +129,45 @@ pub struct Ruleset {
 }
 
 impl Ruleset {
+    /// Reads the chains a restore input writes and the built-in jumps it inserts (into empty
+    /// tables, an input inserts every jump in order).
+    pub fn parse(text: &str) -> Ruleset {
+        let mut rs = Ruleset::default();
+        let mut table = None;
+        for line in text.lines() {
+            match Line::read(line) {
+                Line::Table(name) => table = Table::ALL.into_iter().find(|t| t.name() == name),
+                Line::Chain(chain) => {
+                    if let Some(t) = table {
+                        let chains = rs.tables.entry(t).or_default();
+                        chains.insert(chain.to_string(), Vec::new());
+                    }
+                }
+                Line::Rule(chain, rule) => {
+                    if let Some(t) = table {
+                        let chains = rs.tables.entry(t).or_default();
+                        chains
+                            .entry(chain.to_string())
+                            .or_default()
+                            .push(rule.to_string());
+                    }
+                }
+                Line::Insert(from, rule) => {
+                    let builtin = BUILTINS.iter().find(|b| **b == from);
+                    if let (Some(t), Some(from)) = (table, builtin) {
+                        rs.jumps.push(Jump {
+                            table: t,
+                            from,
+                            rule: rule.to_string(),
+                        });
+                    }
+                }
+                Line::Other => {}
+            }
+        }
+        rs
+    }
+
     /// The chains of `table` (empty when none).
     pub fn chains(&self, table: Table) -> impl Iterator<Item = (&String, &Vec<String>)> {
         self.tables.get(&table).into_iter().flat_map(|c| c.iter())
@@ -51,110 +188,94 @@ impl Ruleset {
     }
 }
 
-/// Builds a family's ruleset from its fixed part and its service ports (in key order), laying
-/// out each dispatch chain as a tree or as upstream's list.
-pub fn assemble<'a>(
-    globals: &Globals,
-    ports: impl IntoIterator<Item = &'a PortRules>,
-    tree: bool,
-) -> Ruleset {
-    let mut tables: BTreeMap<Table, BTreeMap<String, Vec<String>>> = BTreeMap::new();
-    for (table, chain) in &globals.chains {
-        tables
-            .entry(*table)
-            .or_default()
-            .insert(chain.name.clone(), chain.rules.clone());
-    }
-    let mut entries: BTreeMap<Root, Vec<dispatch::Entry>> = BTreeMap::new();
-    for port in ports {
-        let nat = tables.entry(Table::Nat).or_default();
-        for chain in &port.chains {
-            nat.insert(chain.name.clone(), chain.rules.clone());
-        }
-        for (root, entry) in &port.entries {
-            entries.entry(*root).or_default().push(entry.clone());
-        }
-    }
-    for root in Root::ALL {
-        let table = tables.entry(root.table()).or_default();
-        let identity = format!("{}/{}", root.table().name(), root.chain());
-        let list = entries.remove(&root).unwrap_or_default();
-        let mut laid_out = dispatch::layout(root.chain(), &identity, list, tree).into_iter();
-        let (_, mut rules) = laid_out.next().expect("layout returns the root first");
-        if let Some((_, tail)) = globals.tails.iter().find(|(r, _)| *r == root) {
-            rules.extend(tail.iter().cloned());
-        }
-        table.insert(root.chain().to_string(), rules);
-        for (name, rules) in laid_out {
-            table.insert(name, rules);
-        }
-    }
-    Ruleset {
-        tables,
-        jumps: globals.jumps.clone(),
-    }
+/// The built-in chains kproxy jumps from.
+const BUILTINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
+/// What one table of the kernel holds, as a sync needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SavedTable {
+    /// kproxy's chains: name → [`digest`] of the rules. A sync takes out every chain it
+    /// wants; what is left is stale.
+    pub ours: HashMap<String, u64>,
+    /// Every other chain with its rules (built-in chains and other programs' chains).
+    pub others: BTreeMap<String, Vec<String>>,
 }
 
-/// What `iptables-save` showed of one family.
+/// What the kernel holds of one family: from `iptables-save`, or from what the last sync
+/// wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Saved {
-    /// Per table name: chain name → its rules (text after `-A <chain> `), for every chain.
-    pub tables: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// Per table name.
+    pub tables: BTreeMap<String, SavedTable>,
 }
 
 impl Saved {
-    /// Parses `iptables-save` output.
-    pub fn parse(text: &str) -> Saved {
+    /// Reads `iptables-save` output as it streams: kproxy chains are kept as digests only,
+    /// so reading a table of 260,000 chains holds a few tens of megabytes, not its text.
+    pub fn read(input: impl BufRead) -> std::io::Result<Saved> {
         let mut saved = Saved::default();
+        let mut digests: HashMap<String, Digest> = HashMap::new();
         let mut table: Option<String> = None;
-        for line in text.lines() {
-            if let Some(name) = line.strip_prefix('*') {
-                table = Some(name.trim().to_string());
-                saved.tables.entry(name.trim().to_string()).or_default();
-            } else if let Some(rest) = line.strip_prefix(':') {
-                if let (Some(t), Some(chain)) = (&table, rest.split_whitespace().next()) {
-                    saved
-                        .tables
-                        .entry(t.clone())
-                        .or_default()
-                        .entry(chain.to_string())
-                        .or_default();
+        let finish = |saved: &mut Saved, table: &Option<String>, digests: &mut HashMap<_, _>| {
+            if let Some(t) = table {
+                let ours = &mut saved.tables.entry(t.clone()).or_default().ours;
+                ours.extend(digests.drain().map(|(c, d): (String, Digest)| (c, d.0)));
+            }
+        };
+        for line in input.lines() {
+            let line = line?;
+            match Line::read(&line) {
+                Line::Table(name) => {
+                    finish(&mut saved, &table, &mut digests);
+                    saved.tables.entry(name.to_string()).or_default();
+                    table = Some(name.to_string());
                 }
-            } else if let Some(rest) = line.strip_prefix("-A ") {
-                if let (Some(t), Some((chain, rule))) = (&table, rest.split_once(' ')) {
-                    saved
-                        .tables
-                        .entry(t.clone())
-                        .or_default()
-                        .entry(chain.to_string())
-                        .or_default()
-                        .push(rule.to_string());
+                Line::Chain(chain) if table.is_some() => {
+                    if is_ours(chain) {
+                        digests.entry(chain.to_string()).or_default();
+                    } else {
+                        let t = saved.tables.entry(table.clone().unwrap()).or_default();
+                        t.others.entry(chain.to_string()).or_default();
+                    }
                 }
+                Line::Rule(chain, rule) if table.is_some() => {
+                    if is_ours(chain) {
+                        match digests.get_mut(chain) {
+                            Some(d) => d.push(rule),
+                            None => {
+                                let mut d = Digest::default();
+                                d.push(rule);
+                                digests.insert(chain.to_string(), d);
+                            }
+                        }
+                    } else {
+                        let t = saved.tables.entry(table.clone().unwrap()).or_default();
+                        let rules = t.others.entry(chain.to_string()).or_default();
+                        rules.push(rule.to_string());
+                    }
+                }
+                _ => {}
             }
         }
-        saved
+        finish(&mut saved, &table, &mut digests);
+        Ok(saved)
     }
 
-    fn table(&self, table: Table) -> Option<&BTreeMap<String, Vec<String>>> {
+    /// [`Saved::read`] of a text.
+    pub fn parse(text: &str) -> Saved {
+        Saved::read(text.as_bytes()).expect("reading from memory cannot fail")
+    }
+
+    /// What the kernel holds of `table` (empty when the table is absent).
+    pub fn table(&self, table: Table) -> Option<&SavedTable> {
         self.tables.get(table.name())
     }
 
     /// Whether anything of kproxy's is present: a chain or a jump.
     pub fn has_kproxy(&self) -> bool {
-        self.tables.values().any(|chains| {
-            chains
-                .iter()
-                .any(|(name, rules)| is_ours(name) || rules.iter().any(|r| jumps_to_ours(r)))
-        })
-    }
-
-    /// The number of rules in every table and chain (for back-end detection).
-    pub fn rule_count(&self) -> usize {
         self.tables
             .values()
-            .flat_map(|t| t.values())
-            .map(Vec::len)
-            .sum()
+            .any(|t| !t.ours.is_empty() || t.others.values().flatten().any(|r| jumps_to_ours(r)))
     }
 }
 
@@ -170,7 +291,8 @@ fn jumps_to_ours(rule: &str) -> bool {
         .is_some_and(|t| t.starts_with(names::PREFIX))
 }
 
-/// A restore input and how many chains and rules it writes.
+/// A restore input held in memory and how many chains and rules it writes: for cleanup (small)
+/// and for tests.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Restore {
     /// The text for `iptables-restore --noflush`; empty when nothing must change.
@@ -209,125 +331,144 @@ pub enum Commits {
 /// 5,000 × 50 (see the plugin's README, "How a sync works" and "Figures").
 pub const NFT_CHAINS_PER_COMMIT: usize = 1_000;
 
-/// What one table's part of a restore does.
-#[derive(Default)]
-struct TablePart {
-    /// Chains declared (flushed or created) and written, with their rules.
-    write: Vec<(String, Vec<String>)>,
-    /// `-D`/`-I` lines for the built-in chains.
-    jumps: Vec<String>,
-    /// Chains declared (flushed) and deleted.
-    delete: Vec<String>,
-}
-
-impl TablePart {
-    fn is_empty(&self) -> bool {
-        self.write.is_empty() && self.jumps.is_empty() && self.delete.is_empty()
-    }
-
-    /// Appends this part to `out`: one transaction, or several under [`Commits::Chains`] when
-    /// it declares more chains than one may hold.
-    ///
-    /// Cut into several, chains are written children first (a chain's jump targets are
-    /// complete before any transaction jumps to them, so each transaction leaves every
-    /// service either as it was or as it will be) and the built-in jumps and deletions come
-    /// last, once nothing written still jumps to a stale chain. Many stale chains are first
-    /// all flushed, then deleted, since they may jump to one another.
-    fn write(self, table: Table, commits: Commits, out: &mut Restore) {
-        if self.is_empty() {
-            return;
-        }
-        let declared = self.write.len() + self.delete.len();
-        out.objects += declared as u64;
-        out.objects += self.jumps.iter().filter(|l| l.starts_with("-I")).count() as u64;
-        out.objects += self.write.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
-        let (limit, ordered) = match commits {
-            Commits::Chains(n) if declared > n => (n.max(1), children_first(&self.write)),
-            // One transaction: every chain in the last (and only) block, in the given order.
-            _ => (usize::MAX, self.write.iter().collect()),
-        };
-        let mut chunks: Vec<&[&(String, Vec<String>)]> = ordered.chunks(limit).collect();
-        let last = chunks.pop().unwrap_or(&[]);
-        for chunk in chunks {
-            let declare: Vec<&str> = chunk.iter().map(|(c, _)| c.as_str()).collect();
-            write_block(&mut out.text, table, &declare, &[], chunk, &[]);
-        }
-        let few_deletes = self.delete.len() + last.len() <= limit;
-        let mut declare: Vec<&str> = last.iter().map(|(c, _)| c.as_str()).collect();
-        let mut deletes: Vec<&str> = Vec::new();
-        if few_deletes {
-            declare.extend(self.delete.iter().map(String::as_str));
-            deletes = self.delete.iter().map(String::as_str).collect();
-        }
-        write_block(&mut out.text, table, &declare, &self.jumps, last, &deletes);
-        if !few_deletes {
-            for chunk in self.delete.chunks(limit) {
-                let flush: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                write_block(&mut out.text, table, &flush, &[], &[], &[]);
-            }
-            for chunk in self.delete.chunks(limit) {
-                let delete: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                write_block(&mut out.text, table, &[], &[], &[], &delete);
-            }
-        }
-    }
-}
-
-/// One `*table … COMMIT` block: declarations, built-in jump fixes, rules, deletions.
-fn write_block(
-    t: &mut String,
+/// Writes one table's part of a restore input as chains arrive.
+///
+/// Chains must arrive children first (a chain after every chain it jumps to that this part
+/// writes), so each transaction leaves every service either as it was or as it will be. Under
+/// [`Commits::Chains`] a transaction is closed once it holds its share of chains; the last one
+/// also carries the built-in jumps and the stale chains' deletion ([`TableWriter::finish`]).
+///
+/// Write errors are the sink's to report: [`crate::restore::RestoreRun`] keeps the first one
+/// and reports it, with the tool's own message, when the run ends.
+pub struct TableWriter<'w, W: Write> {
+    out: &'w mut W,
     table: Table,
-    declare: &[&str],
-    jumps: &[String],
-    rules: &[&(String, Vec<String>)],
-    delete: &[&str],
-) {
-    let _ = writeln!(t, "*{}", table.name());
-    for chain in declare {
-        let _ = writeln!(t, ":{chain} - [0:0]");
-    }
-    for line in jumps {
-        let _ = writeln!(t, "{line}");
-    }
-    for (chain, chain_rules) in rules {
-        for rule in chain_rules {
-            let _ = writeln!(t, "-A {chain} {rule}");
-        }
-    }
-    for chain in delete {
-        let _ = writeln!(t, "-X {chain}");
-    }
-    t.push_str("COMMIT\n");
+    limit: usize,
+    /// Chains declared in the open transaction (`None` when none is open).
+    open: Option<usize>,
+    objects: u64,
 }
 
-/// The chains of `write` ordered so that each comes after every chain of `write` it jumps to
-/// (a depth-first post-order from the chains nothing in `write` jumps to), which also keeps a
+impl<'w, W: Write> TableWriter<'w, W> {
+    /// Starts `table`'s part; nothing is written until a chain, a jump or a deletion is.
+    pub fn new(out: &'w mut W, table: Table, commits: Commits) -> Self {
+        let limit = match commits {
+            Commits::PerTable => usize::MAX,
+            Commits::Chains(n) => n.max(1),
+        };
+        TableWriter {
+            out,
+            table,
+            limit,
+            open: None,
+            objects: 0,
+        }
+    }
+
+    fn begin(&mut self) -> usize {
+        if self.open.is_none() {
+            let _ = writeln!(self.out, "*{}", self.table.name());
+            self.open = Some(0);
+        }
+        self.open.unwrap_or(0)
+    }
+
+    fn commit(&mut self) {
+        if self.open.take().is_some() {
+            let _ = self.out.write_all(b"COMMIT\n");
+        }
+    }
+
+    /// Declares `name` (flushing it when it exists) and writes its rules.
+    pub fn chain<S: AsRef<str>>(&mut self, name: &str, rules: &[S]) {
+        if self.open.is_some_and(|n| n >= self.limit) {
+            self.commit();
+        }
+        let declared = self.begin() + 1;
+        self.open = Some(declared);
+        let _ = writeln!(self.out, ":{name} - [0:0]");
+        for rule in rules {
+            let _ = writeln!(self.out, "-A {name} {}", rule.as_ref());
+        }
+        self.objects += 1 + rules.len() as u64;
+    }
+
+    /// Ends the part: the built-in jump fixes (`-D`/`-I` lines), then the stale chains flushed
+    /// and deleted. Many stale chains are first all flushed, then deleted, in transactions of
+    /// their own, since they may jump to one another. Returns the chains declared, rules
+    /// written and jumps inserted.
+    pub fn finish(mut self, jumps: &[String], delete: &[String]) -> u64 {
+        let in_last = self.open.unwrap_or(0);
+        let few_deletes = in_last + delete.len() <= self.limit;
+        if !jumps.is_empty() || (few_deletes && !delete.is_empty()) {
+            self.begin();
+        }
+        for line in jumps {
+            let _ = writeln!(self.out, "{line}");
+        }
+        if few_deletes {
+            self.delete_block(delete);
+        }
+        self.commit();
+        if !few_deletes {
+            for chunk in delete.chunks(self.limit) {
+                self.begin();
+                for chain in chunk {
+                    let _ = writeln!(self.out, ":{chain} - [0:0]");
+                }
+                self.commit();
+            }
+            for chunk in delete.chunks(self.limit) {
+                self.begin();
+                for chain in chunk {
+                    let _ = writeln!(self.out, "-X {chain}");
+                }
+                self.commit();
+            }
+        }
+        self.objects += delete.len() as u64;
+        self.objects + jumps.iter().filter(|l| l.starts_with("-I")).count() as u64
+    }
+
+    /// Flushes, then deletes, `delete` in the open transaction.
+    fn delete_block(&mut self, delete: &[String]) {
+        for chain in delete {
+            let _ = writeln!(self.out, ":{chain} - [0:0]");
+        }
+        for chain in delete {
+            let _ = writeln!(self.out, "-X {chain}");
+        }
+    }
+}
+
+/// `chains` ordered so that each comes after every chain of `chains` it jumps to (a
+/// depth-first post-order from the chains nothing in `chains` jumps to), which also keeps a
 /// service's chains together.
-fn children_first(write: &[(String, Vec<String>)]) -> Vec<&(String, Vec<String>)> {
-    let index: BTreeMap<&str, usize> = write
+pub fn children_first(chains: &[Chain]) -> Vec<&Chain> {
+    let index: BTreeMap<&str, usize> = chains
         .iter()
         .enumerate()
-        .map(|(i, (c, _))| (c.as_str(), i))
+        .map(|(i, c)| (c.name.as_str(), i))
         .collect();
-    let targets: Vec<Vec<usize>> = write
+    let targets: Vec<Vec<usize>> = chains
         .iter()
-        .map(|(_, rules)| {
-            rules
+        .map(|c| {
+            c.rules
                 .iter()
                 .filter_map(|r| jump_target(r))
                 .filter_map(|t| index.get(t).copied())
                 .collect()
         })
         .collect();
-    let mut referenced = vec![false; write.len()];
+    let mut referenced = vec![false; chains.len()];
     for &t in targets.iter().flatten() {
         referenced[t] = true;
     }
-    let mut seen = vec![false; write.len()];
-    let mut order = Vec::with_capacity(write.len());
-    let starts = (0..write.len())
+    let mut seen = vec![false; chains.len()];
+    let mut order = Vec::with_capacity(chains.len());
+    let starts = (0..chains.len())
         .filter(|&i| !referenced[i])
-        .chain(0..write.len());
+        .chain(0..chains.len());
     for start in starts {
         if seen[start] {
             continue;
@@ -342,7 +483,7 @@ fn children_first(write: &[(String, Vec<String>)]) -> Vec<&(String, Vec<String>)
                     stack.push((child, 0));
                 }
             } else {
-                order.push(&write[*node]);
+                order.push(&chains[*node]);
                 stack.pop();
             }
         }
@@ -361,40 +502,9 @@ fn jump_target(rule: &str) -> Option<&str> {
     None
 }
 
-/// Makes the kernel (as `saved` shows it) hold `desired`: every kproxy chain whose rules differ
-/// from the desired ones is rewritten, every kproxy chain the ruleset lacks is deleted, the
-/// jumps are fixed. Chains the kernel already holds exactly are left alone: rules are rendered
-/// as `iptables-save` prints them, so an unchanged chain compares equal, and a periodic full
-/// sync of an unchanged node writes nothing (iptables-nft-restore is slow with many declared
-/// chains; see the README).
-pub fn full_restore(desired: &Ruleset, saved: &Saved, commits: Commits) -> Restore {
-    let mut out = Restore::default();
-    for table in Table::ALL {
-        let empty = BTreeMap::new();
-        let existing = saved.table(table).unwrap_or(&empty);
-        let mut part = TablePart::default();
-        for (chain, rules) in desired.chains(table) {
-            if existing.get(chain) == Some(rules) {
-                continue;
-            }
-            part.write.push((chain.clone(), rules.clone()));
-        }
-        let wanted: BTreeSet<&String> = desired.chains(table).map(|(c, _)| c).collect();
-        for chain in existing
-            .keys()
-            .filter(|c| is_ours(c) && !wanted.contains(c))
-        {
-            part.delete.push(chain.clone());
-        }
-        part.jumps = fix_jumps(table, &desired.jumps, existing);
-        part.write(table, commits, &mut out);
-    }
-    out
-}
-
 /// `-D`/`-I` lines that make kproxy's jumps in each built-in chain of `table` exactly
 /// `jumps` (in order), leaving them alone when they already are. Other rules are not touched.
-fn fix_jumps(
+pub fn fix_jumps(
     table: Table,
     jumps: &[Jump],
     existing: &BTreeMap<String, Vec<String>>,
@@ -435,43 +545,21 @@ fn fix_jumps(
     lines
 }
 
-/// The chains of `desired` that differ from `written` (the last ruleset applied), and the
-/// chains `written` has that `desired` lacks.
-pub fn partial_restore(written: &Ruleset, desired: &Ruleset, commits: Commits) -> Restore {
-    let mut out = Restore::default();
-    for table in Table::ALL {
-        let empty = BTreeMap::new();
-        let old = written.tables.get(&table).unwrap_or(&empty);
-        let new = desired.tables.get(&table).unwrap_or(&empty);
-        let mut part = TablePart::default();
-        for (chain, rules) in new {
-            if old.get(chain) != Some(rules) {
-                part.write.push((chain.clone(), rules.clone()));
-            }
-        }
-        for chain in old.keys().filter(|c| !new.contains_key(*c)) {
-            part.delete.push(chain.clone());
-        }
-        part.write(table, commits, &mut out);
-    }
-    out
-}
-
 /// Removes every kproxy chain and every jump into one that `saved` shows.
 pub fn cleanup_restore(saved: &Saved, commits: Commits) -> Restore {
-    let mut out = Restore::default();
+    let mut text = Vec::new();
+    let mut objects = 0;
     for table in Table::ALL {
         let Some(existing) = saved.table(table) else {
             continue;
         };
-        let mut part = TablePart {
-            jumps: fix_jumps(table, &[], existing),
-            ..TablePart::default()
-        };
-        for chain in existing.keys().filter(|c| is_ours(c)) {
-            part.delete.push(chain.clone());
-        }
-        part.write(table, commits, &mut out);
+        let jumps = fix_jumps(table, &[], &existing.others);
+        let mut stale: Vec<String> = existing.ours.keys().cloned().collect();
+        stale.sort();
+        objects += TableWriter::new(&mut text, table, commits).finish(&jumps, &stale);
     }
-    out
+    Restore {
+        text: String::from_utf8(text).expect("restore inputs are UTF-8"),
+        objects,
+    }
 }

@@ -4,12 +4,64 @@
 use crate::{
     config::DispatchMode,
     desired_ruleset, names,
-    render::Table,
-    ruleset::{self, Commits, Ruleset, Saved},
+    program::{self, FamilyProgram},
+    render::{FamilyCtx, Table},
+    ruleset::{self, Commits, Restore, Ruleset, Saved},
 };
 use kproxy_dataplane_common::sample::{self, PortBuilder};
-use kproxy_plugin_api::{IpFamily, IpMode, Protocol, ProxySettings, ProxyState};
+use kproxy_plugin_api::{IpFamily, IpMode, Protocol, ProxySettings, ProxyState, ServicePortKey};
 use std::collections::BTreeSet;
+
+/// A full sync of `state` (IPv4, tree) over a kernel holding `held`: its input and program.
+fn full(state: &ProxyState, held: Saved, commits: Commits) -> (Restore, FamilyProgram) {
+    let settings = sample::settings();
+    let ctx = FamilyCtx {
+        family: IpFamily::V4,
+        settings: &settings,
+        node: &state.node,
+        conntrack_liberal: false,
+    };
+    let mut text = Vec::new();
+    let w = program::full_sync(&ctx, true, state, held, commits, &mut text);
+    let text = String::from_utf8(text).unwrap();
+    (
+        Restore {
+            text,
+            objects: w.objects,
+        },
+        w.program,
+    )
+}
+
+/// A partial sync from `previous` to `state` re-rendering `changed`: its input and program.
+fn partial(
+    previous: FamilyProgram,
+    state: &ProxyState,
+    changed: &[ServicePortKey],
+    commits: Commits,
+) -> (Restore, FamilyProgram) {
+    let settings = sample::settings();
+    let ctx = FamilyCtx {
+        family: IpFamily::V4,
+        settings: &settings,
+        node: &state.node,
+        conntrack_liberal: false,
+    };
+    let mut text = Vec::new();
+    let w = program::partial_sync(&ctx, true, state, changed, previous, commits, &mut text);
+    let text = String::from_utf8(text).unwrap();
+    (
+        Restore {
+            text,
+            objects: w.objects,
+        },
+        w.program,
+    )
+}
+
+fn keys(state: &ProxyState) -> Vec<ServicePortKey> {
+    state.services.iter().map(|s| s.key.clone()).collect()
+}
 
 fn v4(state: &ProxyState) -> Ruleset {
     desired_ruleset(
@@ -341,13 +393,12 @@ fn tree_and_linear_hold_the_same_service_chains() {
 #[test]
 fn a_partial_restore_writes_only_the_changed_service_and_its_dispatch_path() {
     let before = many(2000);
-    let mut after = before.clone();
-    let mut services = after.services.to_vec();
+    let mut services = before.services.to_vec();
     services[1234].endpoints.truncate(1);
-    after = sample::state(services);
-    let old = v4(&before);
-    let new = v4(&after);
-    let restore = ruleset::partial_restore(&old, &new, Commits::PerTable);
+    let changed = [services[1234].key.clone()];
+    let after = sample::state(services);
+    let (_, old) = full(&before, Saved::default(), Commits::PerTable);
+    let (restore, new) = partial(old, &after, &changed, Commits::PerTable);
     let declared: Vec<&str> = restore
         .text
         .lines()
@@ -365,11 +416,12 @@ fn a_partial_restore_writes_only_the_changed_service_and_its_dispatch_path() {
             .count(),
         1
     );
-    // Applying the partial restore to the old ruleset gives the new one.
-    assert_eq!(
-        ruleset::partial_restore(&new, &new, Commits::PerTable),
-        ruleset::Restore::default()
-    );
+    // What the partial sync remembers is what a full sync of the new state writes.
+    let (_, from_scratch) = full(&after, Saved::default(), Commits::PerTable);
+    assert_eq!(new, from_scratch);
+    // Once applied, re-rendering every port changes nothing.
+    let (again, _) = partial(new.clone(), &after, &keys(&after), Commits::PerTable);
+    assert_eq!(again, Restore::default());
 
     // A new service rewrites the dispatch chains on its path only.
     let mut added = after.services.to_vec();
@@ -378,14 +430,50 @@ fn a_partial_restore_writes_only_the_changed_service_and_its_dispatch_path() {
             .endpoint("10.244.1.200", 80, true)
             .build(),
     );
-    let with_new = v4(&sample::state(added));
-    let restore = ruleset::partial_restore(&new, &with_new, Commits::PerTable);
+    let added_key = [added.last().unwrap().key.clone()];
+    let (restore, _) = partial(new, &sample::state(added), &added_key, Commits::PerTable);
     let dispatch_declared = restore
         .text
         .lines()
         .filter(|l| l.starts_with(":KPROXY-DSP-") || l.starts_with(":KPROXY-SERVICES"))
         .count();
     assert!(dispatch_declared <= 4, "{}", restore.text);
+    // The new service's chains come before the dispatch that jumps to them.
+    let first_dispatch = restore.text.find(":KPROXY-DSP-").unwrap_or(usize::MAX);
+    let first_own = restore.text.find(":KPROXY-SVC-").unwrap();
+    assert!(first_own < first_dispatch.min(restore.text.find(":KPROXY-SERVICES").unwrap()));
+}
+
+#[test]
+fn a_full_sync_over_what_the_kernel_holds_writes_nothing() {
+    let state = many(300);
+    let (first, program) = full(&state, Saved::default(), Commits::PerTable);
+    // The kernel, as iptables-save would print it after the first restore: the chains, and
+    // the jumps appended to the built-in chains.
+    let jumps: String = Ruleset::parse(&first.text)
+        .jumps
+        .iter()
+        .map(|j| format!("*{}\n-A {} {}\nCOMMIT\n", j.table.name(), j.from, j.rule))
+        .collect();
+    let kernel = Saved::parse(&format!("{}{jumps}", first.text));
+    assert_eq!(
+        kernel.table(Table::Nat).unwrap().ours.len(),
+        program.shared[&Table::Nat].len()
+            + program
+                .ports
+                .values()
+                .map(|p| p.chains.len())
+                .sum::<usize>()
+    );
+    let (again, program_again) = full(&state, kernel.clone(), Commits::PerTable);
+    assert_eq!(again, Restore::default());
+    assert_eq!(program_again, program);
+    // The program's own view of the kernel is the same as the kernel's.
+    let mut from_program = program.as_saved();
+    for (name, table) in &kernel.tables {
+        from_program.tables.entry(name.clone()).or_default().others = table.others.clone();
+    }
+    assert_eq!(from_program, kernel);
 }
 
 #[test]
@@ -405,7 +493,7 @@ fn a_full_restore_deletes_stale_chains_and_fixes_jumps_only() {
          *filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"kproxy old\" -j KPROXY-GONE\n\
          -A INPUT -j ACCEPT\n:KPROXY-GONE - [0:0]\nCOMMIT\n"
     ));
-    let restore = ruleset::full_restore(&desired, &saved, Commits::PerTable);
+    let (restore, _) = full(&state, saved, Commits::PerTable);
     let text = &restore.text;
     assert!(text.contains(":KPROXY-SVC-STALE - [0:0]\n") && text.contains("-X KPROXY-SVC-STALE\n"));
     assert!(
@@ -438,7 +526,7 @@ fn cleanup_removes_only_kproxy() {
     let text = ruleset::cleanup_restore(&saved, Commits::PerTable).text;
     assert_eq!(
         text,
-        "*nat\n:KPROXY-SERVICES - [0:0]\n-D PREROUTING -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES\n-X KPROXY-SERVICES\nCOMMIT\n"
+        "*nat\n-D PREROUTING -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES\n:KPROXY-SERVICES - [0:0]\n-X KPROXY-SERVICES\nCOMMIT\n"
     );
     assert!(!Saved::parse("*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n").has_kproxy());
 }
@@ -467,9 +555,9 @@ fn transactions(text: &str) -> Vec<Vec<&str>> {
 
 #[test]
 fn a_large_restore_is_cut_into_transactions_children_first() {
-    let desired = v4(&many(400));
-    let whole = ruleset::full_restore(&desired, &Saved::default(), Commits::PerTable);
-    let cut = ruleset::full_restore(&desired, &Saved::default(), Commits::Chains(50));
+    let state = many(400);
+    let (whole, _) = full(&state, Saved::default(), Commits::PerTable);
+    let (cut, _) = full(&state, Saved::default(), Commits::Chains(50));
     assert_eq!(transactions(&whole.text).len(), 2, "nat and filter");
     let blocks = transactions(&cut.text);
     assert!(blocks.len() > 10, "{} blocks", blocks.len());
@@ -521,9 +609,9 @@ fn a_large_restore_is_cut_into_transactions_children_first() {
 
 #[test]
 fn many_stale_chains_are_all_flushed_before_any_is_deleted() {
-    let big = v4(&many(400));
-    let small = v4(&many(10));
-    let cut = ruleset::partial_restore(&big, &small, Commits::Chains(50));
+    let big = many(400);
+    let (_, program) = full(&big, Saved::default(), Commits::PerTable);
+    let (cut, _) = partial(program, &many(10), &keys(&big), Commits::Chains(50));
     let blocks = transactions(&cut.text);
     let first_delete = blocks
         .iter()

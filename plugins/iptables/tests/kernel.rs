@@ -11,7 +11,7 @@ use kproxy_plugin_api::{ErrorCode, IpFamily, IpMode, Plugin, Protocol, ProxyStat
 use kproxy_plugin_iptables::{
     backend::{self, Backend},
     config::DispatchMode,
-    desired_ruleset,
+    full_restore_input,
     ruleset::{self, Saved},
 };
 use support::{assert_same, changes, dataplane, full, Scratch, BACKENDS};
@@ -154,8 +154,6 @@ fn unchanged_syncs_run_no_restore_and_full_syncs_leave_the_jumps_alone() {
             // What the kernel shows of the jumps is exactly what kproxy writes: a full restore
             // planned against it neither deletes nor inserts one.
             for family in [IpFamily::V4, IpFamily::V6] {
-                let desired =
-                    desired_ruleset(&sample::settings(), &a, family, DispatchMode::Tree, false);
                 let bin = format!(
                     "{}-{}-save",
                     if family == IpFamily::V4 {
@@ -167,7 +165,16 @@ fn unchanged_syncs_run_no_restore_and_full_syncs_leave_the_jumps_alone() {
                 );
                 let out = std::process::Command::new(&bin).output().unwrap();
                 let saved = Saved::parse(&String::from_utf8_lossy(&out.stdout));
-                let text = ruleset::full_restore(&desired, &saved, ruleset::Commits::PerTable).text;
+                let text = full_restore_input(
+                    &sample::settings(),
+                    &a,
+                    family,
+                    DispatchMode::Tree,
+                    false,
+                    saved,
+                    ruleset::Commits::PerTable,
+                )
+                .text;
                 assert!(
                     !text
                         .lines()

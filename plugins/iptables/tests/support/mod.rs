@@ -84,7 +84,7 @@ impl Scratch {
             backend.as_str()
         );
         let text = self.exec(&[&bin]);
-        kproxy_plugin_iptables::ruleset::Saved::parse(&text).tables
+        kproxy_plugin_iptables::ruleset::parse_chains(&text)
     }
 
     /// Only kproxy's chains of [`Scratch::save`] (and the built-in chains' rules).
