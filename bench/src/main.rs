@@ -51,6 +51,13 @@ struct Args {
     /// refuses the other's keys).
     #[arg(long, default_value = "")]
     plugin_config: String,
+    /// Only these sizes, as `SERVICESxENDPOINTS` (e.g. `--shape 5000x50`), for a quick look at
+    /// one size; by default the mode's three.
+    #[arg(long = "shape", value_parser = parse_shape)]
+    shapes: Vec<Shape>,
+    /// Changes per kind in scenario 2 (by default the mode's: 200 full, 10 small).
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Folder for the CSV files and plots.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -88,6 +95,18 @@ impl Profile {
     }
 }
 
+/// Reads `5000x50` as 5,000 services of 50 endpoints.
+fn parse_shape(text: &str) -> Result<Shape, String> {
+    let (services, endpoints) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not SERVICESxENDPOINTS"))?;
+    let number = |t: &str| t.parse::<usize>().map_err(|e| format!("{t:?}: {e}"));
+    Ok(Shape {
+        services: number(services)?,
+        endpoints: number(endpoints)?,
+    })
+}
+
 fn main() {
     let args = Args::parse();
     if let Err(e) = run(&args) {
@@ -97,7 +116,13 @@ fn main() {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let profile = Profile::new(args.small);
+    let mut profile = Profile::new(args.small);
+    if !args.shapes.is_empty() {
+        profile.shapes = args.shapes.clone();
+    }
+    if let Some(rounds) = args.rounds {
+        profile.rounds = rounds;
+    }
     let dataplanes = args
         .dataplanes
         .iter()

@@ -1,6 +1,7 @@
-//! kproxy's iptables dataplane: kube-proxy's iptables mode in `KPROXY-*` chains, one
-//! `iptables-restore --noflush -w` per family per sync, with a service dispatch that grows
-//! logarithmically with the number of service ports.
+//! kproxy's iptables dataplane: kube-proxy's iptables mode in `KPROXY-*` chains, written with
+//! `iptables-restore --noflush -w` (per family: nat streamed as it is rendered, filter after the
+//! conntrack cleanup), with a service dispatch that grows logarithmically with the number of
+//! service ports.
 //!
 //! Where to start:
 //! - [`render`]: the pure translation of a service port into chains and dispatch entries
@@ -35,7 +36,7 @@ use kproxy_plugin_api::{
     export_plugin, Capabilities, ChangeSet, HostContext, IpFamily, NodeFacts, Plugin, PluginError,
     PluginStats, Protocol, ProxySettings, ProxyState, SyncReport,
 };
-use program::{FamilyProgram, Written};
+use program::{FamilyProgram, Outputs};
 use render::FamilyCtx;
 use restore::Tool;
 use ruleset::{Commits, Ruleset, Saved};
@@ -242,6 +243,8 @@ impl IptablesDataplane {
 
         let previous = self.programs.take();
         let mut programs = Vec::new();
+        // Each family's filter part, applied last (see below).
+        let mut filters: Vec<(IpFamily, Vec<u8>)> = Vec::new();
         if full {
             for &family in &enabled {
                 let ctx = FamilyCtx {
@@ -262,12 +265,16 @@ impl IptablesDataplane {
                     }
                     _ => tool.save_parsed(family)?,
                 };
-                let mut run = tool.restore_run(family);
-                let written = program::full_sync(&ctx, tree, state, held, commits, &mut run);
-                if run.finish()? {
-                    restores += 1;
-                    objects += written.objects;
-                }
+                let mut nat = tool.restore_run(family);
+                let mut filter = Vec::new();
+                let out = Outputs {
+                    nat: &mut nat,
+                    filter: &mut filter,
+                };
+                let written = program::full_sync(&ctx, tree, state, held, commits, out);
+                restores += u64::from(nat.finish()?);
+                objects += written.objects;
+                filters.push((family, filter));
                 programs.push(written.program);
             }
             for &family in &disabled {
@@ -283,26 +290,42 @@ impl IptablesDataplane {
         } else {
             let changed: Vec<_> = changes.changed.iter().cloned().collect();
             for prev in previous.into_iter().flatten() {
+                let family = prev.family;
                 let ctx = FamilyCtx {
-                    family: prev.family,
+                    family,
                     settings: &self.settings,
                     node: &state.node,
                     conntrack_liberal: liberal,
                 };
-                let mut run = tool.restore_run(prev.family);
-                let Written {
-                    program,
-                    objects: o,
-                } = program::partial_sync(&ctx, tree, state, &changed, prev, commits, &mut run);
-                if run.finish()? {
-                    restores += 1;
-                    objects += o;
-                }
-                programs.push(program);
+                let mut nat = tool.restore_run(family);
+                let mut filter = Vec::new();
+                let out = Outputs {
+                    nat: &mut nat,
+                    filter: &mut filter,
+                };
+                let written =
+                    program::partial_sync(&ctx, tree, state, &changed, prev, commits, out);
+                restores += u64::from(nat.finish()?);
+                objects += written.objects;
+                filters.push((family, filter));
+                programs.push(written.program);
             }
-            if restores == 0 {
-                self.counters.noop_syncs += 1;
+        }
+        // Stale flows go once the nat rules that make them stale are in, and before the filter
+        // parts: so a filter change that is visible (a REJECT for a service without endpoints,
+        // the test lab's sync marker) means the sync's DNAT and conntrack cleanup are done.
+        if self.config.conntrack_cleanup {
+            self.clean_conntrack(state, changes, full, &enabled);
+        }
+        for (family, filter) in filters {
+            if !filter.is_empty() {
+                let text = String::from_utf8(filter).expect("restore inputs are UTF-8");
+                tool.restore(family, &text)?;
+                restores += 1;
             }
+        }
+        if !full && restores == 0 {
+            self.counters.noop_syncs += 1;
         }
         self.programs = Some(programs);
         self.counters.restores += restores;
@@ -315,9 +338,6 @@ impl IptablesDataplane {
             "iptables sync applied"
         );
 
-        if self.config.conntrack_cleanup {
-            self.clean_conntrack(state, changes, full, &enabled);
-        }
         let programs = self.programs.as_ref().expect("set on success");
         let services = programs.iter().map(|p| p.ports.len()).max().unwrap_or(0);
         Ok(SyncReport {
@@ -473,14 +493,14 @@ pub fn full_restore_input(
         conntrack_liberal,
     };
     let mut text = Vec::new();
-    let written = program::full_sync(
-        &ctx,
-        dispatch == DispatchMode::Tree,
-        state,
-        held,
-        commits,
-        &mut text,
-    );
+    let mut filter = Vec::new();
+    let out = Outputs {
+        nat: &mut text,
+        filter: &mut filter,
+    };
+    let tree = dispatch == DispatchMode::Tree;
+    let written = program::full_sync(&ctx, tree, state, held, commits, out);
+    text.extend(filter);
     ruleset::Restore {
         text: String::from_utf8(text).expect("restore inputs are UTF-8"),
         objects: written.objects,
@@ -490,7 +510,7 @@ pub fn full_restore_input(
 impl Plugin for IptablesDataplane {
     const NAME: &'static str = "iptables";
     const DESCRIPTION: &'static str =
-        "kube-proxy's iptables mode in KPROXY-* chains, one iptables-restore per family per sync, tree dispatch";
+        "kube-proxy's iptables mode in KPROXY-* chains, streamed iptables-restore per table and family, tree dispatch";
 
     fn capabilities() -> Capabilities {
         Capabilities::CLUSTER_IP

@@ -81,30 +81,40 @@ pub struct Written {
     pub objects: u64,
 }
 
-/// Writes into `out` the restore input that takes the kernel from `held` to every service
-/// port of `state`, and fixes the built-in jumps.
-pub fn full_sync<W: Write>(
+/// Where a sync writes each table's part of the restore input: the plugin streams nat into
+/// `iptables-restore` and keeps filter (small: no per-endpoint chains) for a restore after
+/// the stale conntrack entries are gone; tests keep both.
+pub struct Outputs<'a> {
+    /// The nat table's part.
+    pub nat: &'a mut dyn Write,
+    /// The filter table's part.
+    pub filter: &'a mut dyn Write,
+}
+
+/// Writes the restore input that takes the kernel from `held` to every service port of
+/// `state`, and fixes the built-in jumps.
+pub fn full_sync(
     ctx: &FamilyCtx<'_>,
     tree: bool,
     state: &ProxyState,
     held: Saved,
     commits: Commits,
-    out: &mut W,
+    out: Outputs<'_>,
 ) -> Written {
     let ports = Ports::All(state);
     write_family(ctx, tree, ports, held, true, commits, out)
 }
 
-/// Writes into `out` the restore input that takes the kernel from `previous` to `state`,
-/// re-rendering only the service ports in `changed` (the others are as `previous` wrote them).
-pub fn partial_sync<W: Write>(
+/// Writes the restore input that takes the kernel from `previous` to `state`, re-rendering
+/// only the service ports in `changed` (the others are as `previous` wrote them).
+pub fn partial_sync(
     ctx: &FamilyCtx<'_>,
     tree: bool,
     state: &ProxyState,
     changed: &[ServicePortKey],
     previous: FamilyProgram,
     commits: Commits,
-    out: &mut W,
+    out: Outputs<'_>,
 ) -> Written {
     let mut held = Saved::default();
     for (table, chains) in &previous.shared {
@@ -134,14 +144,14 @@ enum Ports<'a> {
 /// The one routine behind [`full_sync`] and [`partial_sync`]: per table, the fixed chains, the
 /// service ports' chains, the dispatch, each written when `held` lacks it as it is now; then
 /// the jumps (when `fix_builtin_jumps`) and the deletion of every chain `held` still has.
-fn write_family<W: Write>(
+fn write_family(
     ctx: &FamilyCtx<'_>,
     tree: bool,
     ports: Ports<'_>,
     mut held: Saved,
     fix_builtin_jumps: bool,
     commits: Commits,
-    out: &mut W,
+    out: Outputs<'_>,
 ) -> Written {
     let globals = render::render_globals(ctx);
     let mut program = FamilyProgram {
@@ -154,8 +164,12 @@ fn write_family<W: Write>(
     let mut ports = Some(ports);
     for table in Table::ALL {
         let held_table = held.tables.remove(table.name()).unwrap_or_default();
+        let sink: &mut dyn Write = match table {
+            Table::Nat => &mut *out.nat,
+            Table::Filter => &mut *out.filter,
+        };
         let mut part = Part {
-            writer: TableWriter::new(out, table, commits),
+            writer: TableWriter::new(sink, table, commits),
             held: held_table,
         };
         let roots: Vec<&str> = Root::ALL
@@ -219,12 +233,12 @@ fn write_family<W: Write>(
 }
 
 /// One table's part of a sync: what the kernel holds of it, and the writer.
-struct Part<'w, W: Write> {
-    writer: TableWriter<'w, W>,
+struct Part<'w> {
+    writer: TableWriter<'w, dyn Write + 'w>,
     held: SavedTable,
 }
 
-impl<W: Write> Part<'_, W> {
+impl Part<'_> {
     /// Writes `chain` unless the kernel holds it as it is; returns its digest.
     fn chain(&mut self, chain: &Chain) -> u64 {
         let d = digest(&chain.rules);

@@ -340,7 +340,7 @@ pub const NFT_CHAINS_PER_COMMIT: usize = 1_000;
 ///
 /// Write errors are the sink's to report: [`crate::restore::RestoreRun`] keeps the first one
 /// and reports it, with the tool's own message, when the run ends.
-pub struct TableWriter<'w, W: Write> {
+pub struct TableWriter<'w, W: Write + ?Sized> {
     out: &'w mut W,
     table: Table,
     limit: usize,
@@ -349,7 +349,7 @@ pub struct TableWriter<'w, W: Write> {
     objects: u64,
 }
 
-impl<'w, W: Write> TableWriter<'w, W> {
+impl<'w, W: Write + ?Sized> TableWriter<'w, W> {
     /// Starts `table`'s part; nothing is written until a chain, a jump or a deletion is.
     pub fn new(out: &'w mut W, table: Table, commits: Commits) -> Self {
         let limit = match commits {

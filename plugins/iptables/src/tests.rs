@@ -21,8 +21,13 @@ fn full(state: &ProxyState, held: Saved, commits: Commits) -> (Restore, FamilyPr
         node: &state.node,
         conntrack_liberal: false,
     };
-    let mut text = Vec::new();
-    let w = program::full_sync(&ctx, true, state, held, commits, &mut text);
+    let (mut text, mut filter) = (Vec::new(), Vec::new());
+    let out = program::Outputs {
+        nat: &mut text,
+        filter: &mut filter,
+    };
+    let w = program::full_sync(&ctx, true, state, held, commits, out);
+    text.extend(filter);
     let text = String::from_utf8(text).unwrap();
     (
         Restore {
@@ -47,8 +52,13 @@ fn partial(
         node: &state.node,
         conntrack_liberal: false,
     };
-    let mut text = Vec::new();
-    let w = program::partial_sync(&ctx, true, state, changed, previous, commits, &mut text);
+    let (mut text, mut filter) = (Vec::new(), Vec::new());
+    let out = program::Outputs {
+        nat: &mut text,
+        filter: &mut filter,
+    };
+    let w = program::partial_sync(&ctx, true, state, changed, previous, commits, out);
+    text.extend(filter);
     let text = String::from_utf8(text).unwrap();
     (
         Restore {

@@ -536,7 +536,11 @@ fn syncs_cut_into_many_nft_transactions_end_where_one_transaction_does() {
         let mut dp = dataplane(sample::settings(), &config("nft"));
         dp.sync(&b, &full())
             .expect("full sync of B in one transaction per table");
-        assert_eq!(dp.counters().restores, 2, "one restore per family");
+        assert_eq!(
+            dp.counters().restores,
+            4,
+            "one restore per table and family (nat, then filter after conntrack cleanup)"
+        );
         (one.save(Backend::Nft, false), one.save(Backend::Nft, true))
     });
     let Some(many) = Scratch::create() else {
