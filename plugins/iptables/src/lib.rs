@@ -492,19 +492,8 @@ pub fn full_restore_input(
         node: &state.node,
         conntrack_liberal,
     };
-    let mut text = Vec::new();
-    let mut filter = Vec::new();
-    let out = Outputs {
-        nat: &mut text,
-        filter: &mut filter,
-    };
     let tree = dispatch == DispatchMode::Tree;
-    let written = program::full_sync(&ctx, tree, state, held, commits, out);
-    text.extend(filter);
-    ruleset::Restore {
-        text: String::from_utf8(text).expect("restore inputs are UTF-8"),
-        objects: written.objects,
-    }
+    program::in_memory(|out| program::full_sync(&ctx, tree, state, held, commits, out)).0
 }
 
 impl Plugin for IptablesDataplane {

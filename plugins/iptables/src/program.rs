@@ -20,7 +20,9 @@
 use crate::{
     dispatch,
     render::{self, Chain, FamilyCtx, Root, Table},
-    ruleset::{children_first, digest, fix_jumps, Commits, Saved, SavedTable, TableWriter},
+    ruleset::{
+        children_first, digest, fix_jumps, Commits, Restore, Saved, SavedTable, TableWriter,
+    },
 };
 use kproxy_plugin_api::{IpFamily, ProxyState, ServicePortKey};
 use std::collections::BTreeMap;
@@ -89,6 +91,22 @@ pub struct Outputs<'a> {
     pub nat: &'a mut dyn Write,
     /// The filter table's part.
     pub filter: &'a mut dyn Write,
+}
+
+/// Runs `sync` into memory: its whole restore input (nat, then filter) and its program. For
+/// tests, benchmarks and reading what a sync would write; the plugin streams instead.
+pub fn in_memory(sync: impl FnOnce(Outputs<'_>) -> Written) -> (Restore, FamilyProgram) {
+    let (mut text, mut filter) = (Vec::new(), Vec::new());
+    let written = sync(Outputs {
+        nat: &mut text,
+        filter: &mut filter,
+    });
+    text.extend(filter);
+    let restore = Restore {
+        text: String::from_utf8(text).expect("restore inputs are UTF-8"),
+        objects: written.objects,
+    };
+    (restore, written.program)
 }
 
 /// Writes the restore input that takes the kernel from `held` to every service port of

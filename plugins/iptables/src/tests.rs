@@ -12,30 +12,21 @@ use kproxy_dataplane_common::sample::{self, PortBuilder};
 use kproxy_plugin_api::{IpFamily, IpMode, Protocol, ProxySettings, ProxyState, ServicePortKey};
 use std::collections::BTreeSet;
 
+/// The IPv4 context `sample::settings()` renders `state` with.
+fn v4_ctx<'a>(settings: &'a ProxySettings, state: &'a ProxyState) -> FamilyCtx<'a> {
+    FamilyCtx {
+        family: IpFamily::V4,
+        settings,
+        node: &state.node,
+        conntrack_liberal: false,
+    }
+}
+
 /// A full sync of `state` (IPv4, tree) over a kernel holding `held`: its input and program.
 fn full(state: &ProxyState, held: Saved, commits: Commits) -> (Restore, FamilyProgram) {
     let settings = sample::settings();
-    let ctx = FamilyCtx {
-        family: IpFamily::V4,
-        settings: &settings,
-        node: &state.node,
-        conntrack_liberal: false,
-    };
-    let (mut text, mut filter) = (Vec::new(), Vec::new());
-    let out = program::Outputs {
-        nat: &mut text,
-        filter: &mut filter,
-    };
-    let w = program::full_sync(&ctx, true, state, held, commits, out);
-    text.extend(filter);
-    let text = String::from_utf8(text).unwrap();
-    (
-        Restore {
-            text,
-            objects: w.objects,
-        },
-        w.program,
-    )
+    let ctx = v4_ctx(&settings, state);
+    program::in_memory(|out| program::full_sync(&ctx, true, state, held, commits, out))
 }
 
 /// A partial sync from `previous` to `state` re-rendering `changed`: its input and program.
@@ -46,27 +37,10 @@ fn partial(
     commits: Commits,
 ) -> (Restore, FamilyProgram) {
     let settings = sample::settings();
-    let ctx = FamilyCtx {
-        family: IpFamily::V4,
-        settings: &settings,
-        node: &state.node,
-        conntrack_liberal: false,
-    };
-    let (mut text, mut filter) = (Vec::new(), Vec::new());
-    let out = program::Outputs {
-        nat: &mut text,
-        filter: &mut filter,
-    };
-    let w = program::partial_sync(&ctx, true, state, changed, previous, commits, out);
-    text.extend(filter);
-    let text = String::from_utf8(text).unwrap();
-    (
-        Restore {
-            text,
-            objects: w.objects,
-        },
-        w.program,
-    )
+    let ctx = v4_ctx(&settings, state);
+    program::in_memory(|out| {
+        program::partial_sync(&ctx, true, state, changed, previous, commits, out)
+    })
 }
 
 fn keys(state: &ProxyState) -> Vec<ServicePortKey> {
