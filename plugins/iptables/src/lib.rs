@@ -265,17 +265,13 @@ impl IptablesDataplane {
                     }
                     _ => tool.save_parsed(family)?,
                 };
-                let mut nat = tool.restore_run(family);
-                let mut filter = Vec::new();
-                let out = Outputs {
-                    nat: &mut nat,
-                    filter: &mut filter,
-                };
-                let written = program::full_sync(&ctx, tree, state, held, commits, out);
-                restores += u64::from(nat.finish()?);
-                objects += written.objects;
-                filters.push((family, filter));
-                programs.push(written.program);
+                let applied = apply_nat(&tool, family, |out| {
+                    program::full_sync(&ctx, tree, state, held, commits, out)
+                })?;
+                restores += applied.restores;
+                objects += applied.written.objects;
+                filters.push((family, applied.filter));
+                programs.push(applied.written.program);
             }
             for &family in &disabled {
                 // A family turned off keeps nothing of kproxy's.
@@ -297,18 +293,13 @@ impl IptablesDataplane {
                     node: &state.node,
                     conntrack_liberal: liberal,
                 };
-                let mut nat = tool.restore_run(family);
-                let mut filter = Vec::new();
-                let out = Outputs {
-                    nat: &mut nat,
-                    filter: &mut filter,
-                };
-                let written =
-                    program::partial_sync(&ctx, tree, state, &changed, prev, commits, out);
-                restores += u64::from(nat.finish()?);
-                objects += written.objects;
-                filters.push((family, filter));
-                programs.push(written.program);
+                let applied = apply_nat(&tool, family, |out| {
+                    program::partial_sync(&ctx, tree, state, &changed, prev, commits, out)
+                })?;
+                restores += applied.restores;
+                objects += applied.written.objects;
+                filters.push((family, applied.filter));
+                programs.push(applied.written.program);
             }
         }
         // Stale flows go once the nat rules that make them stale are in, and before the filter
@@ -423,6 +414,36 @@ impl IptablesDataplane {
 /// figures come from, where iptables-legacy-save takes 0.2 s. Past this size a full sync takes
 /// the last ruleset it wrote as what the kernel holds (see [`large_nft_view`]).
 pub const LARGE_NFT_TABLE: usize = 10_000;
+
+/// One family's sync with its nat part applied: the program, the restores run (0 or 1) and
+/// the filter part, held for later.
+struct NatApplied {
+    written: program::Written,
+    restores: u64,
+    filter: Vec<u8>,
+}
+
+/// Runs `sync` for `family`, streaming its nat part into `iptables-restore` and holding its
+/// filter part: the sync applies filter parts after the conntrack cleanup, so a visible filter
+/// change means the DNAT and the cleanup of the same sync are done.
+fn apply_nat(
+    tool: &Tool,
+    family: IpFamily,
+    sync: impl FnOnce(Outputs<'_>) -> program::Written,
+) -> Result<NatApplied, PluginError> {
+    let mut nat = tool.restore_run(family);
+    let mut filter = Vec::new();
+    let written = sync(Outputs {
+        nat: &mut nat,
+        filter: &mut filter,
+    });
+    let restores = u64::from(nat.finish()?);
+    Ok(NatApplied {
+        written,
+        restores,
+        filter,
+    })
+}
 
 /// What a full sync on a large iptables-nft table takes the kernel to hold: the kproxy chains
 /// as last written, and the built-in chains as they really are (read one chain at a time, which

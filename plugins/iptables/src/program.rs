@@ -58,17 +58,24 @@ impl FamilyProgram {
 
     /// What the kernel holds when it holds exactly this program (no other chains).
     pub fn as_saved(&self) -> Saved {
-        let mut saved = Saved::default();
-        for (table, chains) in &self.shared {
-            let t = saved.tables.entry(table.name().to_string()).or_default();
-            t.ours.extend(chains.iter().map(|(c, d)| (c.clone(), *d)));
-        }
+        let mut saved = self.shared_as_saved();
         let nat = saved
             .tables
             .entry(Table::Nat.name().to_string())
             .or_default();
         for port in self.ports.values() {
             nat.ours.extend(port.chains.iter().cloned());
+        }
+        saved
+    }
+
+    /// What the kernel holds of the fixed and dispatch chains alone: a partial sync starts
+    /// from it and adds the old chains of the ports it re-renders.
+    fn shared_as_saved(&self) -> Saved {
+        let mut saved = Saved::default();
+        for (table, chains) in &self.shared {
+            let t = saved.tables.entry(table.name().to_string()).or_default();
+            t.ours.extend(chains.iter().map(|(c, d)| (c.clone(), *d)));
         }
         saved
     }
@@ -134,11 +141,7 @@ pub fn partial_sync(
     commits: Commits,
     out: Outputs<'_>,
 ) -> Written {
-    let mut held = Saved::default();
-    for (table, chains) in &previous.shared {
-        let t = held.tables.entry(table.name().to_string()).or_default();
-        t.ours.extend(chains.iter().map(|(c, d)| (c.clone(), *d)));
-    }
+    let held = previous.shared_as_saved();
     let ports = Ports::Changed {
         state,
         changed,
